@@ -1,0 +1,10 @@
+r"""AE on cifar10: `get_config('smoke' | 'default' | 'paper')`.
+
+  python experiments/train.py --config=experiments/configs/ae_cifar10.py:smoke --workdir=/tmp/ae
+  python experiments/find_tickets.py --config=experiments/configs/ae_cifar10.py --workdir=/tmp/lt
+"""
+from lth_jax import configs
+
+
+def get_config(preset: str = "default"):
+  return configs.get_config("ae", "cifar10", preset or "default")

@@ -1,0 +1,10 @@
+r"""DCGAN on fashion_mnist: `get_config('smoke' | 'default' | 'paper')`.
+
+  python experiments/train.py --config=experiments/configs/dcgan_fmnist.py:smoke --workdir=/tmp/dcgan
+  python experiments/find_tickets.py --config=experiments/configs/dcgan_fmnist.py --workdir=/tmp/lt
+"""
+from lth_jax import configs
+
+
+def get_config(preset: str = "default"):
+  return configs.get_config("dcgan", "fashion_mnist", preset or "default")

@@ -1,0 +1,10 @@
+r"""VAE on celeb_a: `get_config('smoke' | 'default' | 'paper')`.
+
+  python experiments/train.py --config=experiments/configs/vae_celeba.py:smoke --workdir=/tmp/vae
+  python experiments/find_tickets.py --config=experiments/configs/vae_celeba.py --workdir=/tmp/lt
+"""
+from lth_jax import configs
+
+
+def get_config(preset: str = "default"):
+  return configs.get_config("vae", "celeb_a", preset or "default")

@@ -1,0 +1,116 @@
+"""Run configurations (``ml_collections.ConfigDict``) for every family, data set and preset.
+
+The files in ``experiments/configs/`` are thin wrappers around :func:`get_config`, so that
+``--config=experiments/configs/dcgan_fmnist.py:smoke`` and a notebook's
+``configs.get_config('dcgan', 'fashion_mnist', 'smoke')`` give the same thing.
+
+Presets:
+  * ``default`` — trains a good model on the data set on a 2-core CPU (minutes).
+  * ``smoke``   — seconds; for tests and CI.
+  * ``paper``   — the authors' settings (20 IMP levels of 20 %, Adam settings, batch 64/128).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PRESETS = ("default", "smoke", "paper")
+FEATURE_SPACES = ("classifier", "inception")
+BRANCHES = ("ticket", "random_reinit", "random_pruning", "snip", "grasp", "synflow")
+
+_GAN_OPT = dict(lr=2e-4, b1=0.5, b2=0.999, weight_decay=0.0)
+_AE_OPT = dict(lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.0)
+
+
+def _parts(family: str) -> tuple[str, str]:
+  return ("generator", "discriminator") if family == "dcgan" else ("encoder", "decoder")
+
+
+def get_config(family: str = "dcgan", dataset: str = "fashion_mnist",
+               preset: str = "default") -> ml_collections.ConfigDict:
+  """The config for one family ('ae', 'vae', 'dcgan'), data set and preset."""
+  if family not in ("ae", "vae", "dcgan"):
+    raise ValueError(f"unknown family {family!r}; expected 'ae', 'vae' or 'dcgan'")
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+  c = ml_collections.ConfigDict()
+  c.family = family
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      name=dataset, image_size=64 if dataset == "celeb_a" else 32, source="auto", data_dir="",
+      download=False, limit=0))
+
+  c.model = ml_collections.ConfigDict(dict(
+      width=32, z_dim={"dcgan": 100, "vae": 32, "ae": 128}[family]))
+
+  c.loss = ml_collections.ConfigDict(dict(kind="bce", beta=4.0))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps={"dcgan": 5000, "vae": 4000, "ae": 3000}[family],
+      batch_size=64,
+      steps_per_call=1,
+      log_every=250,
+      checkpoint_every=1000,
+      optimizer=dict(_GAN_OPT if family == "dcgan" else _AE_OPT)))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      feature_space="classifier",      # or 'inception' (needs inception_weights)
+      inception_weights="",
+      num_samples=5000,
+      num_test=5000,
+      batch_size=500,
+      grid_size=64,
+      classifier_steps=3000,
+      cache_dir=""))
+
+  parts = _parts(family)
+  c.prune = ml_collections.ConfigDict(dict(
+      parts={p: True for p in parts},
+      # The paper keeps the generator's first layer and the discriminator's last layer dense.
+      exclude=("generator/convt0", "discriminator/head") if family == "dcgan" else (),
+      scope="global"))
+
+  c.lottery = ml_collections.ConfigDict(dict(
+      levels=6,
+      rate=0.2,
+      rewind_step="0it",               # '500it' or '2ep'; 0 is the original lottery ticket
+      rewind_optimizer=True,           # restore step k's optimizer state, as the authors do
+      branches=("ticket", "random_reinit", "random_pruning", "snip", "grasp", "synflow"),
+      synflow_iterations=100))
+
+  c.tickets = ml_collections.ConfigDict(dict(
+      seeds=(0,),
+      execution="auto",                # 'sequential' | 'vmap' | 'auto' (per backend)
+      data_parallel=1))                # devices per ticket on the mesh's 'data' axis
+
+  c.early_bird = ml_collections.ConfigDict(dict(
+      kind="structured",               # or 'unstructured'
+      sparsity=0.5,                    # channel (structured) or weight fraction to prune
+      interval=200,                    # steps between mask checks (about one epoch at 64x200)
+      window=5,
+      epsilon=0.1,
+      bn_l1=1e-4,                      # network-slimming L1 on BatchNorm scales
+      ticket_steps=0,                  # 0 = train.steps
+      rewind=False))
+
+  c.transfer = ml_collections.ConfigDict(dict(
+      direction="vae_to_gan",          # or 'gan_to_vae'
+      init_from="target",              # or 'source'
+      vae_z_dim=100))
+
+  if preset == "smoke":
+    c.data.limit = 512
+    c.model.width = 8
+    c.train.update(steps=6, batch_size=16, steps_per_call=2, log_every=2, checkpoint_every=4)
+    c.eval.update(num_samples=64, num_test=64, batch_size=32, grid_size=16, classifier_steps=20)
+    c.lottery.update(levels=2, rewind_step="2it", synflow_iterations=5)
+    c.early_bird.update(interval=2, window=3, epsilon=0.5, ticket_steps=4)
+  elif preset == "paper":
+    c.model.width = 64
+    c.train.update(steps=15000, batch_size=64 if family == "dcgan" else 128)
+    c.lottery.update(levels=20, rewind_step="10it" if family == "dcgan" else "0it")
+    c.eval.update(num_samples=10000, num_test=10000)
+  if dataset in ("cifar10", "celeb_a"):
+    c.eval.feature_space = "inception"  # the standard FID network; needs eval.inception_weights
+  return c

@@ -1,0 +1,146 @@
+"""Evaluating a trained state: FID/KID in a named feature space, reconstruction MSE, test ELBO.
+
+An :class:`Evaluator` is built once per run (feature network and the real data's feature
+statistics are computed once) and then scores any number of states of the same family. Every
+metric key names its feature space (``fid_fmnist_clf``, ``kid_inception``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lth_jax import data as data_lib
+from lth_jax import metrics
+from lth_jax import objectives
+from lth_jax import report
+from lth_jax import steps as steps_lib
+
+PyTree = Any
+PRIMARY_METRIC = {"ae": "recon_mse", "vae": "fid", "dcgan": "fid"}
+# Feature-space names: ``fid_fmnist_clf`` is FID in the Fashion-MNIST classifier's features.
+SHORT_NAMES = {"fashion_mnist": "fmnist", "celeb_a": "celeba"}
+
+
+def default_cache_dir() -> str:
+  return os.environ.get("LTH_JAX_CACHE_DIR",
+                        os.path.join(os.path.expanduser("~"), ".cache", "lth_jax"))
+
+
+def feature_extractor_from_config(config: ml_collections.ConfigDict,
+                                  train_split: data_lib.Split,
+                                  test_split: data_lib.Split) -> metrics.FeatureExtractor:
+  """The feature network named by ``config.eval.feature_space`` — never a silent fallback."""
+  space = config.eval.feature_space
+  if space == "inception":
+    if not config.eval.inception_weights:
+      raise ValueError("eval.feature_space='inception' needs eval.inception_weights: the path of "
+                       "the standard FID Inception weights (pt_inception-2015-12-05-6726825d.pth "
+                       "or its .npz conversion); or use eval.feature_space='classifier'")
+    return metrics.inception_feature_extractor(config.eval.inception_weights)
+  if space == "classifier":
+    # The classifier's seed is fixed: every run of a data set shares one feature space.
+    return metrics.classifier_feature_extractor(
+        SHORT_NAMES.get(config.data.name, config.data.name), np.asarray(train_split.images),
+        np.asarray(train_split.labels), test_split.images, test_split.labels,
+        cache_dir=os.path.join(config.eval.cache_dir or default_cache_dir(), "classifiers"),
+        config={"steps": config.eval.classifier_steps})
+  raise ValueError(f"unknown eval.feature_space {space!r}; expected 'classifier' or 'inception'")
+
+
+def primary_metric_key(family: str, feature_name: str) -> str:
+  """The key a ticket's quality is judged by, e.g. ``'fid_fmnist_clf'`` or ``'recon_mse'``."""
+  base = PRIMARY_METRIC[family]
+  return f"{base}_{feature_name}" if base == "fid" else base
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """Scores states of one family against one data set's test split."""
+  extractor: metrics.FeatureExtractor
+  real_stats: tuple[np.ndarray, np.ndarray]
+  real_features: np.ndarray
+  test_images: np.ndarray           # float32 [-1, 1], [num_test, H, W, C]
+  num_samples: int
+  batch_size: int
+  grid_size: int
+  key: jax.Array
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, train_split: data_lib.Split,
+                  test_split: data_lib.Split, *,
+                  extractor: metrics.FeatureExtractor | None = None) -> "Evaluator":
+    extractor = extractor or feature_extractor_from_config(config, train_split, test_split)
+    test = data_lib.to_float(np.asarray(test_split.images[:config.eval.num_test]))
+    real = extractor.features(test)
+    return cls(extractor, metrics.gaussian_stats(real), real, test, config.eval.num_samples,
+               config.eval.batch_size, config.eval.grid_size,
+               jax.random.fold_in(jax.random.key(config.seed), 10_000_019))
+
+  def samples(self, family: steps_lib.Family, state: steps_lib.TrainState, n: int,
+              key: jax.Array) -> np.ndarray:
+    """n generated images (GAN/VAE) in batches, float [-1, 1]."""
+    gen = jax.jit(family.generate, static_argnums=3)
+    out = [np.asarray(gen(state.params, state.batch_stats, jax.random.fold_in(key, i),
+                          min(self.batch_size, n - i * self.batch_size)))
+           for i in range(-(-n // self.batch_size))]
+    return np.concatenate(out)[:n]
+
+  def reconstructions(self, family: steps_lib.Family, state: steps_lib.TrainState,
+                      images: np.ndarray) -> np.ndarray:
+    rec = jax.jit(family.reconstruct)
+    return np.concatenate([np.asarray(rec(state.params, state.batch_stats,
+                                          images[i:i + self.batch_size]))
+                           for i in range(0, len(images), self.batch_size)])
+
+  def __call__(self, family: steps_lib.Family, state: steps_lib.TrainState) -> dict:
+    """Metrics of ``state``: FID/KID of samples (GAN/VAE), recon MSE and ELBO (AE/VAE)."""
+    out: dict[str, float] = {}
+    name = self.extractor.name
+    if family.generate is not None:
+      fake = self.samples(family, state, self.num_samples, self.key)
+      if not np.all(np.isfinite(fake)):
+        raise FloatingPointError("generated samples contain NaN/Inf; the model has diverged")
+      feats = self.extractor.features(fake)
+      out[f"fid_{name}"] = float(metrics.frechet_distance(*self.real_stats,
+                                                          *metrics.gaussian_stats(feats)))
+      kid_mean, kid_std = metrics.kid(self.real_features, feats, seed=0,
+                                      subset_size=min(1000, len(feats), len(self.real_features)))
+      out[f"kid_{name}"] = float(kid_mean)
+      out[f"kid_{name}_std"] = float(kid_std)
+    if family.reconstruct is not None:
+      recon = self.reconstructions(family, state, self.test_images)
+      out["recon_mse"] = float(np.mean((recon - self.test_images) ** 2))
+    if family.name == "vae":
+      out["test_neg_elbo"] = self._negative_elbo(family, state)
+    return out
+
+  def _negative_elbo(self, family, state) -> float:
+    """−ELBO (β = 1) per test image, eval-mode BatchNorm, one posterior sample per image."""
+    model = family.modules["model"]
+
+    @jax.jit
+    def batch_sum(params, stats, x, key):
+      recon, mean, logvar = model.apply({"params": params, "batch_stats": stats}, x, key,
+                                        train=False)
+      return objectives.vae_loss(x, recon, mean, logvar, beta=1.0)[0] * x.shape[0]
+
+    total = sum(float(batch_sum(state.params, state.batch_stats,
+                                self.test_images[i:i + self.batch_size],
+                                jax.random.fold_in(self.key, i)))
+                for i in range(0, len(self.test_images), self.batch_size))
+    return total / len(self.test_images)
+
+  def save_grid(self, family: steps_lib.Family, state: steps_lib.TrainState, path: str) -> str:
+    """Samples (GAN/VAE) or test images above their reconstructions (AE) as one PNG."""
+    if family.generate is not None:
+      images = self.samples(family, state, self.grid_size, jax.random.fold_in(self.key, 1))
+    else:
+      half = self.test_images[: self.grid_size // 2]
+      images = np.concatenate([half, self.reconstructions(family, state, half)])
+    return report.save_image_grid(images, path)

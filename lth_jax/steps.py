@@ -1,0 +1,327 @@
+"""Pure, jit-compiled masked training steps for the three families: AE, VAE and DCGAN.
+
+Everything a training loop needs from a family is a :class:`Family` of pure functions over
+``(TrainState, masks, images, key)``; masks are traced arguments, so pruning rounds never
+recompile. Params of every family are one dict with two parts (``'generator'``/``'discriminator'``
+or ``'encoder'``/``'decoder'``); the mask tree is shaped like that dict.
+
+Data stays on device as uint8 ``[N, H, W, C]``; each step draws its batch from its own key
+(``fold_in(run_key, step)``), so the data stream depends only on the step number: rewinding to
+step k and fusing n steps per call both reproduce the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lth_jax import data as data_lib
+from lth_jax import masks as masks_lib
+from lth_jax import objectives
+from lth_jax import optim
+from lth_jax.models import autoencoder, dcgan, vae
+
+PyTree = Any
+FAMILIES = ("ae", "vae", "dcgan")
+PARTS = {"ae": ("encoder", "decoder"), "vae": ("encoder", "decoder"),
+         "dcgan": ("generator", "discriminator")}
+
+
+class TrainState(NamedTuple):
+  """Everything that changes during training (a pytree; stackable on a leading ticket axis)."""
+  step: jax.Array        # int32 scalar: number of steps taken
+  params: PyTree         # {part: linen params}
+  batch_stats: PyTree    # {part: BatchNorm running statistics}
+  opt_state: PyTree      # {part: optax state} (GAN) or one optax state over all params
+
+
+class Family(NamedTuple):
+  """A model family's pure functions. ``images`` are uint8 [N, H, W, C]; batches float [-1, 1]."""
+  name: str
+  parts: tuple[str, str]
+  modules: dict                     # {part or 'model': linen module}
+  optimizers: dict                  # {part: optax transformation} ('all' for AE/VAE)
+  init: Callable[[jax.Array], TrainState]
+  train_step: Callable[..., tuple[TrainState, dict]]   # (state, masks, images, key) -> ...
+  score_loss: Callable[..., jax.Array]                 # (params, batch_stats, batch, key) -> scalar
+  synflow_output: Callable[..., jax.Array]             # (params, batch_stats) -> array
+  generate: Callable[..., jax.Array] | None            # (params, batch_stats, key, n) -> images
+  reconstruct: Callable[..., jax.Array] | None         # (params, batch_stats, batch) -> images
+  batch_size: int
+
+
+def _adam(cfg: dict) -> optax.GradientTransformation:
+  """Adam (or AdamW with ``weight_decay`` > 0) from a plain dict of settings."""
+  if cfg.get("weight_decay", 0.0):
+    return optax.adamw(cfg["lr"], b1=cfg["b1"], b2=cfg["b2"], weight_decay=cfg["weight_decay"])
+  return optax.adam(cfg["lr"], b1=cfg["b1"], b2=cfg["b2"])
+
+
+def _init_state(params, batch_stats, optimizers) -> TrainState:
+  if "all" in optimizers:
+    opt_state = optimizers["all"].init(params)
+  else:
+    opt_state = {k: optimizers[k].init(params[k]) for k in params}
+  return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, opt_state)
+
+
+def mask_opt_state(family: Family, opt_state, masks) -> PyTree:
+  """Zeroes optimizer moments of pruned entries (used when late resetting restores step k)."""
+  if "all" in family.optimizers:
+    return optim.mask_state(family.optimizers["all"], opt_state, masks)
+  return {k: optim.mask_state(family.optimizers[k], opt_state[k], masks[k]) for k in opt_state}
+
+
+def fresh_opt_state(family: Family, params) -> PyTree:
+  """A new optimizer state for ``params`` (rewinding without the optimizer)."""
+  if "all" in family.optimizers:
+    return family.optimizers["all"].init(params)
+  return {k: family.optimizers[k].init(params[k]) for k in params}
+
+
+def _masked_update(tx, grads, opt_state, params, masks):
+  updates, opt_state = optim.masked(tx).update(grads, opt_state, params, masks=masks)
+  return optim.apply_updates(params, updates, masks), opt_state
+
+
+# ----------------------------------------------------------------------------------- DCGAN
+def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_kind, batch_size):
+  gen = dcgan.Generator(width=width, channels=channels, image_size=image_size, z_dim=z_dim,
+                        widths=widths.get("generator") if widths else None)
+  disc = dcgan.Discriminator(width=width, channels=channels, image_size=image_size,
+                             widths=widths.get("discriminator") if widths else None)
+  optimizers = {"generator": _adam(optimizer), "discriminator": _adam(optimizer)}
+
+  def init(key):
+    kg, kd = jax.random.split(key)
+    vg = gen.init(kg, jnp.zeros((1, z_dim)), train=False)
+    vd = disc.init(kd, jnp.zeros((1, image_size, image_size, channels)), train=False)
+    params = {"generator": vg["params"], "discriminator": vd["params"]}
+    stats = {"generator": vg.get("batch_stats", {}), "discriminator": vd.get("batch_stats", {})}
+    return _init_state(params, stats, optimizers)
+
+  def g_apply(p, s, z, train):
+    if train:
+      out, new = gen.apply({"params": p, "batch_stats": s}, z, train=True,
+                           mutable=["batch_stats"])
+      return out, new["batch_stats"]
+    return gen.apply({"params": p, "batch_stats": s}, z, train=False), s
+
+  def d_apply(p, s, x):
+    out, new = disc.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
+    return out, new["batch_stats"]
+
+  def train_step(state: TrainState, masks, images, key):
+    kx, kz = jax.random.split(key)
+    real = data_lib.sample_batch(kx, images, batch_size)
+    z = jax.random.normal(kz, (batch_size, z_dim))
+    p, s = state.params, state.batch_stats
+    # Generator forward once; its VJP is reused for the generator step (as PyTorch's DCGAN does).
+    (fake, g_vjp, g_stats) = jax.vjp(lambda gp: g_apply(gp, s["generator"], z, True),
+                                     p["generator"], has_aux=True)
+
+    def d_loss_fn(dp):
+      real_logits, ds = d_apply(dp, s["discriminator"], real)
+      fake_logits, ds = d_apply(dp, ds, jax.lax.stop_gradient(fake))
+      return objectives.gan_d_loss(real_logits, fake_logits, kind=loss_kind), ds
+
+    (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(p["discriminator"])
+    d_params, d_opt = _masked_update(optimizers["discriminator"], d_grads,
+                                     state.opt_state["discriminator"], p["discriminator"],
+                                     masks["discriminator"])
+
+    def g_loss_fn(fake_images):
+      logits, ds = d_apply(d_params, d_stats, fake_images)
+      return objectives.gan_g_loss(logits, kind=loss_kind), ds
+
+    (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+    (g_grads,) = g_vjp(fake_grads)
+    g_params, g_opt = _masked_update(optimizers["generator"], g_grads,
+                                     state.opt_state["generator"], p["generator"],
+                                     masks["generator"])
+    new_state = TrainState(state.step + 1, {"generator": g_params, "discriminator": d_params},
+                           {"generator": g_stats, "discriminator": d_stats},
+                           {"generator": g_opt, "discriminator": d_opt})
+    return new_state, {"d_loss": d_loss, "g_loss": g_loss}
+
+  def score_loss(params, batch_stats, batch, key):
+    """D's loss w.r.t. D plus G's loss w.r.t. G (no cross terms): one batch, train-mode BN."""
+    z = jax.random.normal(key, (batch.shape[0], z_dim))
+    sg = jax.lax.stop_gradient
+    fake_for_d, _ = g_apply(sg(params["generator"]), batch_stats["generator"], z, True)
+    real_logits, ds = d_apply(params["discriminator"], batch_stats["discriminator"], batch)
+    fake_logits, _ = d_apply(params["discriminator"], ds, fake_for_d)
+    d_loss = objectives.gan_d_loss(real_logits, fake_logits, kind=loss_kind)
+    fake, _ = g_apply(params["generator"], batch_stats["generator"], z, True)
+    g_logits, _ = d_apply(sg(params["discriminator"]), batch_stats["discriminator"], fake)
+    return d_loss + objectives.gan_g_loss(g_logits, kind=loss_kind)
+
+  def synflow_output(params, batch_stats):
+    """Sum of G's pre-tanh output for an all-ones z plus D's logit for an all-ones image."""
+    g_out = gen.apply({"params": params["generator"], "batch_stats": batch_stats["generator"]},
+                      jnp.ones((1, z_dim)), train=False, activate=False)
+    d_out = disc.apply({"params": params["discriminator"],
+                        "batch_stats": batch_stats["discriminator"]},
+                       jnp.ones((1, image_size, image_size, channels)), train=False)
+    return jnp.sum(g_out) + jnp.sum(d_out)
+
+  def generate(params, batch_stats, key, n):
+    z = jax.random.normal(key, (n, z_dim))
+    return g_apply(params["generator"], batch_stats["generator"], z, False)[0]
+
+  return Family("dcgan", PARTS["dcgan"], {"generator": gen, "discriminator": disc}, optimizers,
+                init, train_step, score_loss, synflow_output, generate, None, batch_size)
+
+
+# ------------------------------------------------------------------------------ VAE and AE
+def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, optimizer, beta,
+                         batch_size):
+  kwargs = dict(width=width, channels=channels, image_size=image_size, z_dim=z_dim,
+                encoder_widths=widths.get("encoder") if widths else None,
+                decoder_widths=widths.get("decoder") if widths else None)
+  model = vae.VAE(**kwargs) if name == "vae" else autoencoder.AutoEncoder(**kwargs)
+  optimizers = {"all": _adam(optimizer)}
+  dummy = jnp.zeros((1, image_size, image_size, channels))
+
+  def forward(params, batch_stats, x, key, train):
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train:
+      out, new = model.apply(variables, x, key, train=True, mutable=["batch_stats"])
+      return out, new["batch_stats"]
+    return model.apply(variables, x, key, train=False), batch_stats
+
+  def loss_fn(params, batch_stats, x, key, train=True):
+    out, stats = forward(params, batch_stats, x, key, train)
+    if name == "vae":
+      recon, mean, logvar = out
+      loss, aux = objectives.vae_loss(x, recon, mean, logvar, beta=beta)
+    else:
+      loss = objectives.mse(x, out)
+      aux = {"mse": loss}
+    return loss, (stats, aux)
+
+  def init(key):
+    kp, kr = jax.random.split(key)
+    variables = model.init(kp, dummy, kr, train=False)
+    return _init_state(variables["params"], variables.get("batch_stats", {}), optimizers)
+
+  def train_step(state: TrainState, masks, images, key):
+    kx, kr = jax.random.split(key)
+    x = data_lib.sample_batch(kx, images, batch_size)
+    (loss, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, x, kr)
+    params, opt_state = _masked_update(optimizers["all"], grads, state.opt_state, state.params,
+                                       masks)
+    return TrainState(state.step + 1, params, stats, opt_state), {"loss": loss, **aux}
+
+  def score_loss(params, batch_stats, batch, key):
+    return loss_fn(params, batch_stats, batch, key)[0]
+
+  def synflow_output(params, batch_stats):
+    variables = {"params": params, "batch_stats": batch_stats}
+    return jnp.sum(model.apply(variables, jnp.ones_like(dummy), train=False,
+                               method=model.synflow_forward))
+
+  def reconstruct(params, batch_stats, batch):
+    variables = {"params": params, "batch_stats": batch_stats}
+    return model.apply(variables, batch, train=False, method=model.reconstruct)
+
+  generate = None
+  if name == "vae":
+    def generate(params, batch_stats, key, n):
+      z = jax.random.normal(key, (n, z_dim))
+      return model.apply({"params": params, "batch_stats": batch_stats}, z, train=False,
+                         method=model.decode)
+
+  return Family(name, PARTS[name], {"model": model}, optimizers, init, train_step, score_loss,
+                synflow_output, generate, reconstruct, batch_size)
+
+
+def make_family(name: str, *, channels: int, image_size: int, width: int, z_dim: int,
+                optimizer: dict, batch_size: int, loss_kind: str = "bce", beta: float = 4.0,
+                widths: dict | None = None) -> Family:
+  """Builds a family's pure functions.
+
+  Args:
+    name: 'ae', 'vae' or 'dcgan'.
+    channels, image_size: data shape (1 or 3 channels; 32 or 64 pixels).
+    width: base channel count h of the DCGAN-style architecture.
+    z_dim: latent size.
+    optimizer: dict with lr, b1, b2 and optional weight_decay (Adam / AdamW).
+    batch_size: images per step.
+    loss_kind: GAN loss, 'bce' (non-saturating, the paper's) or 'hinge'.
+    beta: the VAE's KL weight (the paper's β-VAE uses 4).
+    widths: per-part hidden channel tuples, e.g. ``{'generator': (96, 40, 20)}``, for
+      physically smaller (channel-pruned) models.
+  """
+  if name not in FAMILIES:
+    raise ValueError(f"unknown model family {name!r}; expected one of {FAMILIES}")
+  if name == "dcgan":
+    return _gan_family(channels=channels, image_size=image_size, width=width, z_dim=z_dim,
+                       widths=widths, optimizer=optimizer, loss_kind=loss_kind,
+                       batch_size=batch_size)
+  return _autoencoding_family(name, channels=channels, image_size=image_size, width=width,
+                              z_dim=z_dim, widths=widths, optimizer=optimizer, beta=beta,
+                              batch_size=batch_size)
+
+
+def multi_step(family: Family, steps_per_call: int) -> Callable:
+  """``steps_per_call`` train steps in one (unjitted) function, unrolled — never a rolled loop.
+
+  XLA CPU runs convolutions inside rolled loops (scan/fori_loop) 40-70x slower than the same step
+  alone, so the steps are unrolled in Python. Step i uses the key ``fold_in(run_key, step)``.
+
+  Returns:
+    ``f(state, masks, images, run_key) -> (state, metrics)``; metrics are averaged over the steps
+    and include ``finite`` (1.0 when every loss and parameter is finite after the call).
+  """
+  if steps_per_call < 1:
+    raise ValueError(f"train.steps_per_call must be >= 1, got {steps_per_call}")
+
+  def run(state, masks, images, run_key):
+    history = []
+    for _ in range(steps_per_call):
+      state, m = family.train_step(state, masks, images, jax.random.fold_in(run_key, state.step))
+      history.append(m)
+    metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *history)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in
+                                jax.tree.leaves((metrics, state.params))]))
+    metrics["finite"] = finite.astype(jnp.float32)
+    return state, metrics
+
+  return run
+
+
+def jit_multi_step(family: Family, steps_per_call: int) -> Callable:
+  """:func:`multi_step`, jitted with the state donated."""
+  return jax.jit(multi_step(family, steps_per_call), donate_argnums=0)
+
+
+def dense_masks(family: Family, params: PyTree, prune: dict[str, bool],
+                exclude: tuple[str, ...] = ()) -> PyTree:
+  """All-kept masks over the prunable kernels of the parts switched on in ``prune``.
+
+  Args:
+    params: ``{part: params}``.
+    prune: ``{part: bool}``: which parts are pruned at all.
+    exclude: path prefixes kept dense, e.g. ``('generator/convt0', 'discriminator/head')``.
+  """
+  unknown = set(prune) - set(family.parts)
+  if unknown:
+    raise ValueError(f"prune switches {sorted(unknown)} are not parts of {family.name}; "
+                     f"its parts are {family.parts}")
+
+  def rule(path: str, leaf) -> bool:
+    part = path.split("/", 1)[0]
+    if not prune.get(part, False) or getattr(leaf, "ndim", 0) < 2:
+      return False
+    return not any(path == e or path.startswith(e + "/") for e in exclude)
+
+  result = masks_lib.init(params, prunable=rule)
+  if not [m for m in jax.tree.leaves(result) if m is not None]:
+    raise ValueError(f"nothing to prune: prune={prune}, exclude={exclude} leave no kernels")
+  return result
