@@ -82,10 +82,17 @@ class Evaluator:
                config.eval.batch_size, config.eval.grid_size,
                jax.random.fold_in(jax.random.key(config.seed), 10_000_019))
 
+  def _jitted(self, fn, **kwargs):
+    """One compiled function per family function, shared by every evaluation of the run."""
+    cache = self.__dict__.setdefault("_compiled", {})
+    if id(fn) not in cache:
+      cache[id(fn)] = (fn, jax.jit(fn, **kwargs))
+    return cache[id(fn)][1]
+
   def samples(self, family: steps_lib.Family, state: steps_lib.TrainState, n: int,
               key: jax.Array) -> np.ndarray:
     """n generated images (GAN/VAE) in batches, float [-1, 1]."""
-    gen = jax.jit(family.generate, static_argnums=3)
+    gen = self._jitted(family.generate, static_argnums=3)
     out = [np.asarray(gen(state.params, state.batch_stats, jax.random.fold_in(key, i),
                           min(self.batch_size, n - i * self.batch_size)))
            for i in range(-(-n // self.batch_size))]
@@ -93,7 +100,7 @@ class Evaluator:
 
   def reconstructions(self, family: steps_lib.Family, state: steps_lib.TrainState,
                       images: np.ndarray) -> np.ndarray:
-    rec = jax.jit(family.reconstruct)
+    rec = self._jitted(family.reconstruct)
     return np.concatenate([np.asarray(rec(state.params, state.batch_stats,
                                           images[i:i + self.batch_size]))
                            for i in range(0, len(images), self.batch_size)])

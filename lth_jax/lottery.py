@@ -118,6 +118,7 @@ class _Search:
     self.writer = report.MetricWriter(workdir, enabled=self.is_main)
     self.evaluator = evaluation.Evaluator.from_config(config, self.train_split, self.test_split)
     self.metric = evaluation.primary_metric_key(config.family, self.evaluator.extractor.name)
+    self.state_shape = jax.eval_shape(self.family.init, jax.random.key(0))
 
   # ------------------------------------------------------------------ paths and small I/O
   def level_dir(self, level: int) -> str:
@@ -132,8 +133,8 @@ class _Search:
   def dense_masks(self, params) -> PyTree:
     return training.masks_from_config(self.config, self.family, params)
 
-  def load_state(self, path: str, seed: int) -> steps_lib.TrainState:
-    return checkpointing.load_tree(path, like=self.init_state(seed))
+  def load_state(self, path: str) -> steps_lib.TrainState:
+    return checkpointing.load_tree(path, like=self.state_shape)
 
   # ------------------------------------------------------------------------ training a group
   def train_group(self, level: int, runs: list[dict]) -> list[steps_lib.TrainState]:
@@ -204,7 +205,7 @@ class _Search:
           checkpointing.save_tree(path, state)
     for run in runs:
       run["state"] = self.load_state(os.path.join(self.run_dir(0, "dense", run["seed"]),
-                                                  "theta_k"), run["seed"])
+                                                  "theta_k"))
     states = self.train_group(0, runs)
     seconds = time.perf_counter() - start
     rows = [self.finish_run(0, run, state, seconds) for run, state in zip(runs, states)]
@@ -254,10 +255,10 @@ class _Search:
     cfg = self.config
     prev_branch = "dense" if level == 1 else "ticket"
     prev_dir = self.run_dir(level - 1, prev_branch, seed)
-    prev_trained = self.load_state(os.path.join(prev_dir, "trained"), seed)
+    prev_trained = self.load_state(os.path.join(prev_dir, "trained"))
     dense_dir = self.run_dir(0, "dense", seed)
-    theta_0 = self.load_state(os.path.join(dense_dir, "theta_0"), seed)
-    theta_k = self.load_state(os.path.join(dense_dir, "theta_k"), seed)
+    theta_0 = self.load_state(os.path.join(dense_dir, "theta_0"))
+    theta_k = self.load_state(os.path.join(dense_dir, "theta_k"))
     dense = self.dense_masks(theta_0.params)
     prev_masks = masks_lib.load(os.path.join(prev_dir, "masks.npz"), like=dense)
     ticket = pruning.magnitude(prev_trained.params, prev_masks, cfg.lottery.rate,

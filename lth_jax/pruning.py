@@ -42,7 +42,7 @@ def _remove_lowest_flat(score, keep, n_remove):
 
 def remove_lowest(scores: PyTree, masks: PyTree, *, rate=None, count=None,
                   scope: str = "global") -> PyTree:
-  """Prunes the lowest-scoring still-kept entries.
+  """Prunes the lowest-scoring still-kept entries (one jit-compiled program per tree structure).
 
   Args:
     scores: tree shaped like ``masks`` (arrays where masks are arrays; other leaves ignored).
@@ -60,6 +60,12 @@ def remove_lowest(scores: PyTree, masks: PyTree, *, rate=None, count=None,
     raise ValueError("give exactly one of rate= or count=")
   if rate is not None:
     _check_rate(rate)
+  if scope == "layerwise" and count is not None:
+    raise ValueError("count= is only defined for scope='global'; use rate= for layerwise")
+  return _remove_lowest_jit(scores, masks, rate, count, scope)
+
+
+def _remove_lowest(scores: PyTree, masks: PyTree, rate, count, scope: str) -> PyTree:
   pairs = [(s, m) for s, m in zip(jax.tree.leaves(scores, is_leaf=masks_lib._is_none),
                                   jax.tree.leaves(masks, is_leaf=masks_lib._is_none))]
   if len(pairs) != len(jax.tree.leaves(masks, is_leaf=masks_lib._is_none)):
@@ -68,8 +74,6 @@ def remove_lowest(scores: PyTree, masks: PyTree, *, rate=None, count=None,
   if not prunable:
     raise ValueError("mask tree has no prunable leaves")
   if scope == "layerwise":
-    if count is not None:
-      raise ValueError("count= is only defined for scope='global'; use rate= for layerwise")
     new = []
     for s, m in prunable:
       m = m.astype(bool)
@@ -88,6 +92,9 @@ def remove_lowest(scores: PyTree, masks: PyTree, *, rate=None, count=None,
     new = [k.reshape(m.shape) for k, (_, m) in zip(splits, prunable)]
   it = iter(new)
   return jax.tree.map(lambda m: None if m is None else next(it), masks, is_leaf=masks_lib._is_none)
+
+
+_remove_lowest_jit = jax.jit(_remove_lowest, static_argnums=4)
 
 
 def magnitude(params: PyTree, masks: PyTree, rate, scope: str = "global") -> PyTree:
@@ -110,14 +117,40 @@ def to_sparsity(scores: PyTree, masks: PyTree, sparsity, *, scope: str = "global
     kept, total = masks_lib.counts(masks)
     n = jnp.round(sparsity * total).astype(jnp.int32) - (total - kept)
     return remove_lowest(scores, masks, count=jnp.maximum(n, 0), scope="global")
-  # Layerwise: remove (target - already pruned) / remaining of each leaf, rounding per leaf.
-  out = jax.tree.map(
-      lambda m, s: None if m is None else _remove_lowest_flat(
-          jnp.ravel(s), jnp.ravel(m).astype(bool),
-          jnp.maximum(jnp.round(sparsity * m.size).astype(jnp.int32)
-                      - (m.size - jnp.sum(m, dtype=jnp.int32)), 0)).reshape(m.shape),
-      masks, scores, is_leaf=masks_lib._is_none)
-  return out
+  return _to_sparsity_layerwise(scores, masks, sparsity)
+
+
+@jax.jit
+def _to_sparsity_layerwise(scores, masks, sparsity):
+  """Per leaf: remove (target - already pruned) entries, rounding per leaf."""
+  def leaf(m, s):
+    if m is None:
+      return None
+    n = jnp.round(sparsity * m.size).astype(jnp.int32) - (m.size - jnp.sum(m, dtype=jnp.int32))
+    return _remove_lowest_flat(jnp.ravel(s), jnp.ravel(m).astype(bool),
+                               jnp.maximum(n, 0)).reshape(m.shape)
+  return jax.tree.map(leaf, masks, scores, is_leaf=masks_lib._is_none)
+
+
+@jax.jit
+def _uniform_scores(key: jax.Array, masks: PyTree) -> PyTree:
+  """Independent U[0, 1) scores per prunable leaf (one subkey per leaf)."""
+  leaves = jax.tree.leaves(masks, is_leaf=masks_lib._is_none)
+  keys = iter(jax.random.split(key, max(1, len(leaves))))
+  return jax.tree.map(lambda m: None if m is None else jax.random.uniform(next(keys), m.shape),
+                      masks, is_leaf=masks_lib._is_none)
+
+
+@jax.jit
+def _match_counts(masks: PyTree, scores: PyTree, like: PyTree) -> PyTree:
+  """Per leaf: removes the lowest scores until the kept count equals ``like``'s."""
+  def leaf(m, s, target):
+    if m is None:
+      return None
+    n = jnp.sum(m, dtype=jnp.int32) - jnp.sum(target, dtype=jnp.int32)
+    return _remove_lowest_flat(jnp.ravel(s), jnp.ravel(m).astype(bool),
+                               jnp.maximum(n, 0)).reshape(m.shape)
+  return jax.tree.map(leaf, masks, scores, like, is_leaf=masks_lib._is_none)
 
 
 def random(key: jax.Array, masks: PyTree, rate=None, scope: str = "global",
@@ -131,27 +164,17 @@ def random(key: jax.Array, masks: PyTree, rate=None, scope: str = "global",
     like: instead of ``rate``, a mask tree whose per-leaf kept counts the result copies exactly
       (the random-pruning baseline: a random mask with the ticket's layer-wise sparsity).
   """
-  leaves = [m for m in jax.tree.leaves(masks, is_leaf=masks_lib._is_none)]
-  keys = iter(jax.random.split(key, max(1, len(leaves))))
-  scores = jax.tree.map(lambda m: None if m is None else jax.random.uniform(next(keys), m.shape),
-                        masks, is_leaf=masks_lib._is_none)
+  scores = _uniform_scores(key, masks)
   if like is None:
     if rate is None:
       raise ValueError("random pruning needs rate= or like=")
     return remove_lowest(scores, masks, rate=rate, scope=scope)
   if rate is not None:
     raise ValueError("give rate= or like=, not both")
-  like_leaves = jax.tree.leaves(like, is_leaf=masks_lib._is_none)
-  if [x is None for x in like_leaves] != [x is None for x in leaves]:
-    raise masks_lib.MaskMismatchError("like= mask does not have the same prunable leaves as masks")
-
-  def per_leaf(m, s, target):
-    if m is None:
-      return None
-    if m.shape != target.shape:
-      raise masks_lib.MaskMismatchError(f"like= leaf shape {target.shape} != mask shape {m.shape}")
-    n = jnp.sum(m, dtype=jnp.int32) - jnp.sum(target, dtype=jnp.int32)
-    return _remove_lowest_flat(jnp.ravel(s), jnp.ravel(m).astype(bool),
-                               jnp.maximum(n, 0)).reshape(m.shape)
-
-  return jax.tree.map(per_leaf, masks, scores, like, is_leaf=masks_lib._is_none)
+  for (path, m), (_, target) in zip(masks_lib.leaves_with_paths(masks),
+                                    masks_lib.leaves_with_paths(like)):
+    if (m is None) != (target is None) or (m is not None and m.shape != target.shape):
+      raise masks_lib.MaskMismatchError(f"like= mask does not fit masks at '{path}'")
+  if len(masks_lib.leaves_with_paths(masks)) != len(masks_lib.leaves_with_paths(like)):
+    raise masks_lib.MaskMismatchError("like= mask does not have the same leaves as masks")
+  return _match_counts(masks, scores, like)

@@ -174,7 +174,7 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
     return g_apply(params["generator"], batch_stats["generator"], z, False)[0]
 
   return Family("dcgan", PARTS["dcgan"], {"generator": gen, "discriminator": disc}, optimizers,
-                init, train_step, score_loss, synflow_output, generate, None, batch_size)
+                jax.jit(init), train_step, score_loss, synflow_output, generate, None, batch_size)
 
 
 # ------------------------------------------------------------------------------ VAE and AE
@@ -237,7 +237,8 @@ def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, op
       return model.apply({"params": params, "batch_stats": batch_stats}, z, train=False,
                          method=model.decode)
 
-  return Family(name, PARTS[name], {"model": model}, optimizers, init, train_step, score_loss,
+  return Family(name, PARTS[name], {"model": model}, optimizers, jax.jit(init), train_step,
+                score_loss,
                 synflow_output, generate, reconstruct, batch_size)
 
 

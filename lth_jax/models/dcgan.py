@@ -1,0 +1,230 @@
+"""DCGAN (Radford et al. 2016) in the authors' layout, for 2^n-pixel NHWC images in [-1, 1].
+
+With base width ``h`` and 32x32 images (64x64 adds one block; the hidden widths double per block):
+
+* :class:`Generator`: ``z [B, z_dim]`` -> ConvT(z->4h, k4 s1 p0)-BN-ReLU -> ConvT(4h->2h, k4 s2 p1)
+  -BN-ReLU -> ConvT(2h->h)-BN-ReLU -> ConvT(h->C)-Tanh -> ``[B, 32, 32, C]``.
+  Submodules ``convt0..convt3``, ``bn0..bn2`` (``bn{i}`` follows ``convt{i}``).
+* :class:`DiscriminatorBody`: Conv(C->h, k4 s2 p1)-LReLU(0.2) -> Conv(h->2h)-BN-LReLU ->
+  Conv(2h->4h)-BN-LReLU -> features ``[B, 4, 4, 4h]``. Submodules ``conv0..conv2``,
+  ``bn1..bn2`` (the first conv has no BN).
+* :class:`Discriminator`: ``body`` + ``head`` Conv(4h->1, k4 VALID) -> logits ``[B]``.
+* :class:`Encoder`: ``body`` + ``head`` Conv(4h->features, k4 VALID) -> ``[B, features]``, the
+  VAE / AE encoder: same param names and shapes as the discriminator apart from the head.
+
+All transposed convolutions are :class:`lth_jax.layers.ConvTranspose` (fast gradients). Convs
+followed by BatchNorm have no bias; the others (first D conv, output convs, heads) do.
+Initialisation is the DCGAN standard (PyTorch ``weights_init``): conv kernels N(0, 0.02), BN
+scales N(1, 0.02), biases and BN offsets 0. BatchNorm: momentum 0.9 (PyTorch's 0.1), eps 1e-5,
+batch statistics in train mode, running averages (collection ``batch_stats``) in eval mode.
+
+``widths`` overrides the hidden channel counts (in layer order, e.g. ``(4h, 2h, h)`` for a 32x32
+generator, ``(h, 2h, 4h)`` for its discriminator): channel pruning builds physically smaller
+models this way.
+
+Param-tree correspondence with the VAE / AE (``{'encoder': {'body', 'head'}, 'decoder'}``), as
+``/``-joined path prefixes: :data:`GAN_TO_VAE` (and its inverse :data:`VAE_TO_GAN`).
+
+Example::
+
+  from lth_jax.models import dcgan
+  gen = dcgan.Generator(width=64, channels=1, image_size=32, z_dim=100)
+  variables = gen.init(key, jnp.zeros((1, 100)), train=False)   # {'params', 'batch_stats'}
+  images, updates = gen.apply(variables, z, train=True, mutable=['batch_stats'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lth_jax import layers
+
+# GAN param subtree -> VAE/AE param subtree with identical names and shapes (``/``-joined paths
+# into the two-part trees ``{'generator', 'discriminator'}`` and ``{'encoder', 'decoder'}``).
+# The decoder needs the generator's z_dim; the encoder head (2 * z_dim outputs) has no GAN twin.
+GAN_TO_VAE = {"generator": "decoder", "discriminator/body": "encoder/body"}
+VAE_TO_GAN = {v: k for k, v in GAN_TO_VAE.items()}
+
+KERNEL_INIT = nn.initializers.normal(0.02)
+LEAKY_SLOPE = 0.2
+
+
+def bn_scale_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+  """DCGAN BatchNorm scale initialiser: N(1, 0.02)."""
+  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def num_blocks(image_size: int) -> int:
+  """Hidden layers per network: ``log2(image_size) - 2`` (3 for 32x32, 4 for 64x64)."""
+  if image_size < 8 or image_size & (image_size - 1):
+    raise ValueError(f"image_size must be a power of two >= 8 (e.g. 32 or 64), got {image_size}")
+  return image_size.bit_length() - 3
+
+
+def generator_widths(width: int, image_size: int) -> tuple[int, ...]:
+  """Default hidden widths of the generator, in layer order: ``(4h, 2h, h)`` for 32x32."""
+  return tuple(width * 2 ** i for i in reversed(range(num_blocks(image_size))))
+
+
+def discriminator_widths(width: int, image_size: int) -> tuple[int, ...]:
+  """Default hidden widths of the discriminator body, in layer order: ``(h, 2h, 4h)`` for 32x32."""
+  return generator_widths(width, image_size)[::-1]
+
+
+def _resolve(widths: Sequence[int] | None, default: tuple[int, ...], owner: str) -> tuple[int, ...]:
+  if widths is None:
+    return default
+  widths = tuple(int(w) for w in widths)
+  if len(widths) != len(default) or min(widths) < 1:
+    raise ValueError(f"{owner}: widths {widths} must be {len(default)} positive channel counts "
+                     f"(one per hidden layer, default {default})")
+  return widths
+
+
+def _batch_norm(train: bool, name: str, dtype: Any, param_dtype: Any) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      scale_init=bn_scale_init, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def _check_images(x: jax.Array, image_size: int, channels: int, owner: str) -> None:
+  if x.ndim != 4 or x.shape[1:] != (image_size, image_size, channels):
+    raise ValueError(f"{owner} expects images [B, {image_size}, {image_size}, {channels}]; "
+                     f"got shape {x.shape}")
+
+
+class Generator(nn.Module):
+  """DCGAN generator ``z [B, z_dim]`` -> images ``[B, image_size, image_size, channels]``.
+
+  Attributes:
+    width: base channel count h.
+    channels: output image channels.
+    image_size: output side (a power of two >= 8).
+    z_dim: latent size.
+    widths: hidden channel counts in layer order (default ``generator_widths(width, image_size)``).
+    dtype: computation dtype (None: promoted from inputs and params, e.g. bfloat16 for mixed
+      precision); param_dtype: params dtype.
+  """
+  width: int = 64
+  channels: int = 1
+  image_size: int = 32
+  z_dim: int = 100
+  widths: Sequence[int] | None = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jax.Array, *, train: bool, activate: bool = True) -> jax.Array:
+    """Generates images.
+
+    Args:
+      z: latents ``[B, z_dim]``.
+      train: BatchNorm uses batch statistics and updates ``batch_stats`` (apply with
+        ``mutable=['batch_stats']``) when True, running averages when False.
+      activate: apply the final tanh (False returns the pre-activation, e.g. for SynFlow).
+
+    Returns:
+      ``[B, image_size, image_size, channels]``, in [-1, 1] when ``activate``.
+    """
+    if z.ndim != 2 or z.shape[1] != self.z_dim:
+      raise ValueError(f"Generator expects z [B, {self.z_dim}]; got shape {z.shape}")
+    hidden = _resolve(self.widths, generator_widths(self.width, self.image_size), "Generator")
+    x = z.reshape(z.shape[0], 1, 1, self.z_dim)
+    for i, features in enumerate(hidden):
+      # The first layer maps the 1x1 latent to 4x4 (k4 s1 p0); the others double (k4 s2 p1).
+      stride, pad = (1, 0) if i == 0 else (2, 1)
+      x = layers.ConvTranspose(features, (4, 4), strides=stride, padding=pad, use_bias=False,
+                               kernel_init=KERNEL_INIT, dtype=self.dtype,
+                               param_dtype=self.param_dtype, name=f"convt{i}")(x)
+      x = nn.relu(_batch_norm(train, f"bn{i}", self.dtype, self.param_dtype)(x))
+    x = layers.ConvTranspose(self.channels, (4, 4), strides=2, padding=1, kernel_init=KERNEL_INIT,
+                             dtype=self.dtype, param_dtype=self.param_dtype,
+                             name=f"convt{len(hidden)}")(x)
+    return jnp.tanh(x) if activate else x
+
+
+class DiscriminatorBody(nn.Module):
+  """DCGAN discriminator without its output conv: images -> features ``[B, 4, 4, widths[-1]]``.
+
+  Attributes:
+    width: base channel count h.
+    channels: input image channels.
+    image_size: input side (a power of two >= 8).
+    widths: hidden channel counts in layer order (default
+      ``discriminator_widths(width, image_size)``).
+    dtype, param_dtype: computation and params dtypes.
+  """
+  width: int = 64
+  channels: int = 1
+  image_size: int = 32
+  widths: Sequence[int] | None = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images ``[B, image_size, image_size, channels]`` to ``[B, 4, 4, widths[-1]]``."""
+    _check_images(x, self.image_size, self.channels, "DiscriminatorBody")
+    hidden = _resolve(self.widths, discriminator_widths(self.width, self.image_size),
+                      "DiscriminatorBody")
+    for i, features in enumerate(hidden):
+      x = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=i == 0,
+                  kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
+                  name=f"conv{i}")(x)
+      if i > 0:
+        x = _batch_norm(train, f"bn{i}", self.dtype, self.param_dtype)(x)
+      x = nn.leaky_relu(x, LEAKY_SLOPE)
+    return x
+
+
+def _head(features: int, dtype: Any, param_dtype: Any) -> nn.Conv:
+  """The k4 VALID output conv mapping the body's 4x4 features to ``features`` per image."""
+  return nn.Conv(features, (4, 4), padding="VALID", kernel_init=KERNEL_INIT, dtype=dtype,
+                 param_dtype=param_dtype, name="head")
+
+
+class Discriminator(nn.Module):
+  """DCGAN discriminator: ``body`` (:class:`DiscriminatorBody`) + ``head`` conv -> logits ``[B]``.
+
+  Attributes: as :class:`DiscriminatorBody`.
+  """
+  width: int = 64
+  channels: int = 1
+  image_size: int = 32
+  widths: Sequence[int] | None = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images ``[B, image_size, image_size, channels]`` to logits ``[B]``."""
+    h = DiscriminatorBody(width=self.width, channels=self.channels, image_size=self.image_size,
+                          widths=self.widths, dtype=self.dtype, param_dtype=self.param_dtype,
+                          name="body")(x, train=train)
+    return _head(1, self.dtype, self.param_dtype)(h).reshape(x.shape[0])
+
+
+class Encoder(nn.Module):
+  """Discriminator-shaped encoder: ``body`` + ``head`` conv -> ``[B, features]``.
+
+  Attributes: as :class:`DiscriminatorBody`, plus ``features``, the head's output size.
+  """
+  features: int
+  width: int = 64
+  channels: int = 1
+  image_size: int = 32
+  widths: Sequence[int] | None = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images ``[B, image_size, image_size, channels]`` to ``[B, features]``."""
+    h = DiscriminatorBody(width=self.width, channels=self.channels, image_size=self.image_size,
+                          widths=self.widths, dtype=self.dtype, param_dtype=self.param_dtype,
+                          name="body")(x, train=train)
+    return _head(self.features, self.dtype, self.param_dtype)(h).reshape(x.shape[0], self.features)
