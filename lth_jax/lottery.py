@@ -92,6 +92,22 @@ def validate(config: ml_collections.ConfigDict, *, num_train: int) -> int:
   return k
 
 
+def rewind(family: steps_lib.Family, theta_k: steps_lib.TrainState, masks: PyTree, *,
+           restore_optimizer: bool = True) -> steps_lib.TrainState:
+  """Late resetting: surviving weights, BatchNorm statistics and step count back to θ_k.
+
+  Args:
+    theta_k: the dense run's state at the rewind step k.
+    masks: the new ticket's masks; pruned weights become exactly 0.
+    restore_optimizer: restore step k's optimizer state (moments of pruned entries zeroed), as
+      the authors do; False starts a fresh optimizer.
+  """
+  opt = (steps_lib.mask_opt_state(family, theta_k.opt_state, masks) if restore_optimizer
+         else steps_lib.fresh_opt_state(family, theta_k.params))
+  return steps_lib.TrainState(theta_k.step, masks_lib.apply(theta_k.params, masks),
+                              theta_k.batch_stats, opt)
+
+
 def _seed_keys(seed: int) -> dict[str, jax.Array]:
   base = jax.random.key(seed)
   names = ("init", "run", "reinit", "random_pruning", "score")
@@ -267,12 +283,8 @@ class _Search:
     keys = self.keys[seed]
     level_key = lambda name: jax.random.fold_in(keys[name], level)
 
-    def rewound(m):
-      opt = (steps_lib.mask_opt_state(self.family, theta_k.opt_state, m)
-             if cfg.lottery.rewind_optimizer else
-             steps_lib.fresh_opt_state(self.family, theta_k.params))
-      return steps_lib.TrainState(theta_k.step, masks_lib.apply(theta_k.params, m),
-                                  theta_k.batch_stats, opt)
+    rewound = lambda m: rewind(self.family, theta_k, m,
+                               restore_optimizer=cfg.lottery.rewind_optimizer)
 
     def from_params(params, stats, m):
       return steps_lib.TrainState(theta_k.step, masks_lib.apply(params, m), stats,

@@ -173,8 +173,12 @@ class TicketRunner:
   def _train_loop(self, states, masks, images, run_keys, step, until_step, on_boundary,
                   boundary_every):
     """One device, sequential: the tickets take turns, one jitted call each (no stacking)."""
-    # Tickets may share buffers (e.g. one θ_k); the jitted step donates its state, so copy once.
-    states = [jax.tree.map(jnp.copy, s) for s in states]
+    # Tickets may share buffers (e.g. one θ_k) and the jitted step donates its state: copy once.
+    # Committing every input to the device keeps one compilation for fresh and restored arrays.
+    device = self.mesh.devices.flat[0]
+    put = lambda tree: jax.device_put(tree, device)
+    states = [put(jax.tree.map(jnp.copy, s)) for s in states]
+    masks, images, run_keys = put(list(masks)), put(images), put(list(run_keys))
     while step < until_step:
       n = min(self.steps_per_call, until_step - step)
       if boundary_every:

@@ -1,0 +1,73 @@
+"""End-to-end smoke runs of train_and_evaluate and experiments/train.py on real Fashion-MNIST."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lth_jax import configs, training
+from tests.conftest import needs_fmnist
+
+pytestmark = needs_fmnist
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("family", ["ae", "vae", "dcgan"])
+def test_smoke_run_writes_everything_and_resumes(family, tmp_path):
+  config = configs.get_config(family, "fashion_mnist", "smoke")
+  workdir = str(tmp_path / family)
+  results = training.train_and_evaluate(config, workdir)
+  names = os.listdir(workdir)
+  for expected in ("config.json", "checkpoints", "metrics.jsonl", "samples.png",
+                   "final_metrics.json"):
+    assert expected in names
+  assert any(n.startswith("events.out.tfevents") for n in names)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == str(config.train.steps)
+  if family == "ae":
+    assert set(results) >= {"recon_mse"}
+  else:
+    assert "fid_fmnist_clf" in results and "kid_fmnist_clf" in results
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    lines = [json.loads(l) for l in f]
+  assert lines[0]["step"] == config.train.log_every
+  # Running again resumes from the final checkpoint: no training step is repeated.
+  again = training.train_and_evaluate(config, workdir)
+  assert again[next(iter(results))] == pytest.approx(results[next(iter(results))])
+
+
+def test_divergence_is_caught_and_last_good_checkpoint_kept(tmp_path):
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  config.train.optimizer.lr = 1e12
+  config.train.update(steps=8, steps_per_call=1, checkpoint_every=1)
+  workdir = str(tmp_path / "diverge")
+  with pytest.raises(training.DivergenceError, match=r"after step \d+") as err:
+    training.train_and_evaluate(config, workdir)
+  bad_step = int(str(err.value).split("after step ")[1].split()[0])
+  saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert saved and max(saved) == bad_step - 1
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  training.prepare_workdir(str(tmp_path), config)
+  other = configs.get_config("ae", "fashion_mnist", "smoke")
+  other.train.steps = 99
+  with pytest.raises(training.WorkdirConflictError, match="train.steps"):
+    training.prepare_workdir(str(tmp_path), other)
+
+
+def test_binary_with_overrides(tmp_path):
+  workdir = tmp_path / "bin"
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+         f"--config={ROOT}/experiments/configs/ae_fmnist.py:smoke", f"--workdir={workdir}",
+         "--config.train.steps=4", "--config.train.checkpoint_every=2"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(workdir / "final_metrics.json") as f:
+    assert json.load(f)["step"] == 4
+  bad = subprocess.run(cmd[:2] + [f"--config={ROOT}/experiments/configs/ae_fmnist.py:nope",
+                                  f"--workdir={tmp_path / 'bad'}"],
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "unknown preset 'nope'" in bad.stderr
