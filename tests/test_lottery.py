@@ -1,0 +1,172 @@
+"""Lottery search: level sparsities, rewinding, baselines, kill-and-resume, bad inputs, reports."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import configs, lottery, masks, pruning, steps
+from tests.conftest import needs_fmnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"}
+
+
+def kept_per_leaf(m):
+  return {r.path: r.kept for r in masks.summary(m)}
+
+
+@needs_fmnist
+def test_dcgan_search_levels_and_baselines(tmp_path):
+  config = configs.get_config("dcgan", "fashion_mnist", "smoke")
+  workdir = str(tmp_path / "dcgan")
+  rows = lottery.run(config, workdir)
+  dense = masks.load(os.path.join(workdir, "level_00", "dense_seed0", "masks.npz"))
+  sizes = {r.path: r.total for r in masks.summary(dense)}
+  assert "generator/convt0/kernel" not in sizes and "discriminator/head/kernel" not in sizes
+  for level in (1, 2):
+    level_rows = [r for r in rows if r["level"] == level]
+    assert {r["branch"] for r in level_rows} == set(configs.BRANCHES)
+    ticket = masks.load(os.path.join(workdir, f"level_{level:02d}", "ticket_seed0", "masks.npz"))
+    total = sum(sizes.values())
+    kept = int(masks.counts(ticket)[0])
+    assert abs(kept - total * 0.8 ** level) <= level * len(sizes)
+    for row in level_rows:  # every baseline has the ticket's global sparsity, to the weight
+      other = masks.load(os.path.join(workdir, f"level_{level:02d}",
+                                      f"{row['branch']}_seed0", "masks.npz"))
+      assert int(masks.counts(other)[0]) == kept, row["branch"]
+    random_pruned = masks.load(os.path.join(workdir, f"level_{level:02d}",
+                                            "random_pruning_seed0", "masks.npz"))
+    assert kept_per_leaf(random_pruned) == kept_per_leaf(ticket)
+    assert float(masks.distance(random_pruned, ticket)) > 0.0
+  for name in ("results.csv", "metric_vs_sparsity.png", "summary.md", "samples_level2.png"):
+    assert os.path.exists(os.path.join(workdir, name))
+  assert all(np.isfinite(r["fid_fmnist_clf"]) for r in rows)
+  # Rebuilding the reports from the saved results gives the same table.
+  with open(os.path.join(workdir, "summary.md")) as f:
+    summary = f.read()
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "report.py"),
+                        f"--workdir={workdir}"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert summary.strip() in out.stdout
+
+
+@needs_fmnist
+@pytest.mark.parametrize("family", ["ae", "vae"])
+def test_autoencoding_search(family, tmp_path):
+  config = configs.get_config(family, "fashion_mnist", "smoke")
+  config.lottery.branches = ("ticket", "random_reinit", "random_pruning")
+  config.tickets.seeds = (0, 1)
+  rows = lottery.run(config, str(tmp_path / family))
+  assert len(rows) == 2 + 2 * 2 * 3
+  metric = "recon_mse" if family == "ae" else "fid_fmnist_clf"
+  with open(tmp_path / family / "summary.md") as f:
+    assert "±" in f.read()
+  assert all(np.isfinite(r[metric]) for r in rows)
+
+
+def test_rewind_restores_theta_k_exactly():
+  fam = steps.make_family("dcgan", channels=1, image_size=32, width=8, z_dim=16,
+                          optimizer=dict(lr=1e-3, b1=0.5, b2=0.999), batch_size=8)
+  theta_k = fam.init(jax.random.key(0))
+  dense = steps.dense_masks(fam, theta_k.params, {"generator": True, "discriminator": True})
+  images = jax.numpy.zeros((16, 32, 32, 1), jax.numpy.uint8)
+  theta_k, _ = jax.jit(steps.multi_step(fam, 2))(theta_k, dense, images, jax.random.key(1))
+  ticket = pruning.magnitude(theta_k.params, dense, 0.5)
+  state = lottery.rewind(fam, theta_k, ticket)
+  chex.assert_trees_all_equal(state.params, masks.apply(theta_k.params, ticket))
+  chex.assert_trees_all_equal(state.batch_stats, theta_k.batch_stats)
+  assert int(state.step) == int(theta_k.step) == 2
+  mu = state.opt_state["generator"][0].mu["convt1"]["kernel"]
+  assert np.all(np.asarray(mu)[~np.asarray(ticket["generator"]["convt1"]["kernel"])] == 0)
+  fresh = lottery.rewind(fam, theta_k, ticket, restore_optimizer=False)
+  assert int(fresh.opt_state["generator"][0].count) == 0
+
+
+@pytest.mark.parametrize("spec,expected", [("500it", 500), ("2ep", 20), (7, 7), ("0", 0)])
+def test_parse_steps(spec, expected):
+  assert lottery.parse_steps(spec, steps_per_epoch=10) == expected
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lottery.rate", 1.5, "lottery.rate must be in"),
+    ("lottery.rate", 0.0, "lottery.rate must be in"),
+    ("lottery.branches", ("ticket", "lasso"), "unknown lottery.branches"),
+    ("lottery.branches", ("snip",), "must contain 'ticket'"),
+    ("lottery.rewind_step", "1000it", "not before the end of training"),
+    ("lottery.rewind_step", "soon", "not a step count"),
+    ("tickets.execution", "warp", "unknown tickets.execution"),
+])
+def test_bad_config_values(field, value, message):
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    lottery.validate(config, num_train=512)
+
+
+def _binary(workdir, *overrides, config="ae_fmnist.py:smoke"):
+  return [sys.executable, os.path.join(ROOT, "experiments", "find_tickets.py"),
+          f"--config={ROOT}/experiments/configs/{config}", f"--workdir={workdir}", *overrides]
+
+
+@needs_fmnist
+def test_bad_inputs_fail_before_training_with_one_message(tmp_path):
+  for overrides, message in [(["--config.lottery.rate=1.5"], "lottery.rate must be in"),
+                             (["--config.data.name=svhn"], "svhn"),
+                             (["--config.family=wgan"], "unknown model family")]:
+    out = subprocess.run(_binary(tmp_path / "bad", *overrides), capture_output=True, text=True,
+                         timeout=300, env=ENV)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "bad" / "level_00")
+  ok = tmp_path / "ok"
+  os.makedirs(ok)
+  with open(ok / "config.json", "w") as f:
+    json.dump({"family": "vae"}, f)
+  out = subprocess.run(_binary(ok), capture_output=True, text=True, timeout=300, env=ENV)
+  assert out.returncode == 2 and "holds a run of a different config" in out.stderr
+  with open(ok / "config.json") as f:
+    assert json.load(f) == {"family": "vae"}
+
+
+KILL_OVERRIDES = ("--config.lottery.branches=('ticket','random_pruning')",
+                  "--config.train.steps=12", "--config.train.checkpoint_every=2",
+                  "--config.train.steps_per_call=1")
+
+
+@needs_fmnist
+def test_kill_and_resume_is_bit_identical(tmp_path):
+  reference = tmp_path / "reference"
+  out = subprocess.run(_binary(reference, *KILL_OVERRIDES), capture_output=True, text=True,
+                       timeout=600, env=ENV)
+  assert out.returncode == 0, out.stderr[-3000:]
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_binary(killed, *KILL_OVERRIDES), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=ENV)
+  deadline = time.time() + 300
+  target = killed / "level_01" / "checkpoints"  # mid-level: some in-level checkpoints exist
+  while time.time() < deadline and not (target.exists() and len(os.listdir(target)) >= 1):
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "level_02" / "done.json").exists(), "the run finished before the kill"
+  out = subprocess.run(_binary(killed, *KILL_OVERRIDES), capture_output=True, text=True,
+                       timeout=600, env=ENV)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for level, branch in [(0, "dense"), (1, "ticket"), (1, "random_pruning"), (2, "ticket")]:
+    name = os.path.join(f"level_{level:02d}", f"{branch}_seed0")
+    a = masks.load(reference / name / "masks.npz")
+    b = masks.load(killed / name / "masks.npz")
+    chex.assert_trees_all_equal(a, b)
+    with open(reference / name / "metrics.json") as f:
+      ma = json.load(f)
+    with open(killed / name / "metrics.json") as f:
+      mb = json.load(f)
+    for key in ("recon_mse", "sparsity", "steps"):
+      assert ma[key] == mb[key], (name, key)
