@@ -109,6 +109,8 @@ class Evaluator:
     """Metrics of ``state``: FID/KID of samples (GAN/VAE), recon MSE and ELBO (AE/VAE)."""
     out: dict[str, float] = {}
     name = self.extractor.name
+    if "test_accuracy" in self.extractor.info:  # how good the feature space itself is
+      out[f"{name}_test_accuracy"] = float(self.extractor.info["test_accuracy"])
     if family.generate is not None:
       fake = self.samples(family, state, self.num_samples, self.key)
       if not np.all(np.isfinite(fake)):

@@ -6,12 +6,22 @@ import os
 import sys
 from collections.abc import Callable
 
+import logging as std_logging
+
 import jax
 import ml_collections
 from absl import logging
 
 # Errors a user can fix by changing flags or inputs: shown as one message, exit code 2.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of Orbax and tfds so the run's own progress lines stay readable."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or "/tensorflow_datasets/" in record.pathname
+    return record.levelno >= std_logging.WARNING or not noisy
 
 
 def maybe_initialize_distributed() -> None:
@@ -32,6 +42,7 @@ def maybe_initialize_distributed() -> None:
 def run(fn: Callable[[ml_collections.ConfigDict, str], object],
         config: ml_collections.ConfigDict, workdir: str) -> object:
   """Calls ``fn(config, workdir)``; a user error ends the program with its message and exit 2."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   maybe_initialize_distributed()
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
