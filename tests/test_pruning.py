@@ -31,10 +31,11 @@ def test_imp_rounds_keep_point_eight_to_the_k(scope):
     kept = int(masks.counts(m)[0])
     if scope == "global":
       assert before - kept == round(0.2 * before)
-      assert abs(kept - total * 0.8 ** k) <= k  # one weight of rounding per round
+      # Each round rounds by <= 0.5 and earlier errors shrink by 0.8: |error| < 0.5 / 0.2.
+      assert abs(kept - total * 0.8 ** k) < 2.5
     else:
       for path, n in kept_per_leaf(m).items():
-        assert abs(n - sizes[path] * 0.8 ** k) <= k
+        assert abs(n - sizes[path] * 0.8 ** k) < 2.5
 
 
 def test_global_threshold_prunes_small_layer_first():
