@@ -82,12 +82,13 @@ class Evaluator:
                config.eval.batch_size, config.eval.grid_size,
                jax.random.fold_in(jax.random.key(config.seed), 10_000_019))
 
-  def _jitted(self, fn, **kwargs):
-    """One compiled function per family function, shared by every evaluation of the run."""
+  def _jitted(self, fn, *, key=None, **kwargs):
+    """One compiled function per family function (or ``key``), shared by the run's evaluations."""
     cache = self.__dict__.setdefault("_compiled", {})
-    if id(fn) not in cache:
-      cache[id(fn)] = (fn, jax.jit(fn, **kwargs))
-    return cache[id(fn)][1]
+    key = id(fn) if key is None else key
+    if key not in cache:
+      cache[key] = (fn, jax.jit(fn, **kwargs))
+    return cache[key][1]
 
   def samples(self, family: steps_lib.Family, state: steps_lib.TrainState, n: int,
               key: jax.Array) -> np.ndarray:
@@ -133,11 +134,12 @@ class Evaluator:
     """−ELBO (β = 1) per test image, eval-mode BatchNorm, one posterior sample per image."""
     model = family.modules["model"]
 
-    @jax.jit
     def batch_sum(params, stats, x, key):
       recon, mean, logvar = model.apply({"params": params, "batch_stats": stats}, x, key,
                                         train=False)
       return objectives.vae_loss(x, recon, mean, logvar, beta=1.0)[0] * x.shape[0]
+
+    batch_sum = self._jitted(batch_sum, key=("negative_elbo", id(model)))
 
     total = sum(float(batch_sum(state.params, state.batch_stats,
                                 self.test_images[i:i + self.batch_size],
