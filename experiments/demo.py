@@ -24,7 +24,7 @@ def demo_config():
   config = configs.get_config("vae", "fashion_mnist", "default")
   config.model.width = 16
   config.train.update(steps=800, steps_per_call=4, log_every=200, checkpoint_every=400)
-  config.eval.update(num_samples=2000, num_test=2000, classifier_steps=2000)
+  config.eval.update(num_samples=2000, num_test=2000)
   config.lottery.update(levels=4, rewind_step="100it",
                         branches=("ticket", "random_reinit", "random_pruning", "snip"))
   return config
