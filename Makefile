@@ -28,8 +28,11 @@ data:
 demo: venv data
 	$(PY) experiments/demo.py --workdir=$(DEMO_WORKDIR)
 
+# Two workers: the suite is dominated by single-threaded XLA compiles. The data set is built once
+# first so the workers never build it at the same time.
 test: venv data
-	$(PY) -m pytest -q tests
+	$(PY) -c "from lth_jax import data; data.load('fashion_mnist', 'test', limit=8)"
+	$(PY) -m pytest -q -n 2 tests
 
 clean-venv:
 	rm -rf $(VENV)
