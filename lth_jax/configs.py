@@ -86,18 +86,20 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist",
 
   c.early_bird = ml_collections.ConfigDict(dict(
       kind="structured",               # or 'unstructured'
-      sparsity=0.5,                    # channel (structured) or weight fraction to prune
-      interval=200,                    # steps between mask checks (about one epoch at 64x200)
-      window=5,
-      epsilon=0.1,
-      bn_l1=1e-4,                      # network-slimming L1 on BatchNorm scales
-      ticket_steps=0,                  # 0 = train.steps
-      rewind=False))
+      sparsity=0.7,                    # channel (structured) or weight fraction to prune
+      interval=50,                     # steps between mask checks
+      window=5,                        # masks compared (You et al.: the last 5)
+      epsilon=0.1,                     # drawn when all their distances to the newest are <= this
+      bn_l1=1e-4,                      # network-slimming L1 on BatchNorm scales (structured)
+      max_search_steps=0,              # 0 = train.steps; no draw by then: the newest mask
+      ticket_steps=0,                  # 0 = train.steps - drawn step (same total as dense)
+      rewind=False,                    # True: the ticket starts from the initial weights
+      dense_baseline=True))            # also train the dense model for the comparison
 
   c.transfer = ml_collections.ConfigDict(dict(
       direction="vae_to_gan",          # or 'gan_to_vae'
       init_from="target",              # or 'source'
-      vae_z_dim=100))
+      with_discriminator=False))       # also map D's body <-> the encoder body (paper: D dense)
 
   if preset == "smoke":
     c.data.limit = 512
@@ -105,7 +107,7 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist",
     c.train.update(steps=6, batch_size=16, steps_per_call=2, log_every=2, checkpoint_every=4)
     c.eval.update(num_samples=64, num_test=64, batch_size=32, grid_size=16, classifier_steps=20)
     c.lottery.update(levels=2, rewind_step="2it", synflow_iterations=5)
-    c.early_bird.update(interval=2, window=3, epsilon=0.5, ticket_steps=4)
+    c.early_bird.update(interval=2, window=2, epsilon=0.5)
   elif preset == "paper":
     c.model.width = 64
     c.train.update(steps=15000, batch_size=64 if family == "dcgan" else 128)

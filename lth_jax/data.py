@@ -383,7 +383,27 @@ def sample_batch(key: jax.Array, images: jax.Array, batch_size: int) -> jax.Arra
     float32 [B, H, W, C] in [-1, 1].
   """
   idx = jax.random.randint(key, (batch_size,), 0, images.shape[0])
-  return to_float(jnp.take(images, idx, axis=0))
+  return shard_batch(to_float(jnp.take(images, idx, axis=0)))
+
+
+def shard_batch(batch: jax.Array) -> jax.Array:
+  """Splits ``batch``'s leading axis over the ambient mesh's ``data`` axis, if there is one.
+
+  Inside :class:`lth_jax.parallel.TicketRunner`'s programs the ``('ticket', 'data')`` mesh is
+  ambient with ``data`` left to the compiler: this constraint makes each ticket's step data
+  parallel over its ``data`` devices (BatchNorm statistics and losses become all-reduces; the
+  values are those of the unsharded step). Outside a mesh, or when ``data`` has size 1 or is
+  manual, ``batch`` is returned unchanged.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.shape.get("data", 1) == 1:
+    return batch
+  kind = dict(zip(mesh.axis_names, mesh.axis_types))["data"]
+  if kind == jax.sharding.AxisType.Manual:
+    return batch
+  if kind == jax.sharding.AxisType.Explicit:
+    return jax.sharding.reshard(batch, jax.sharding.PartitionSpec("data"))
+  return jax.lax.with_sharding_constraint(batch, jax.sharding.PartitionSpec("data"))
 
 
 def device_put(split: Split, sharding: jax.sharding.Sharding | None = None) -> Split:

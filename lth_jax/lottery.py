@@ -14,6 +14,15 @@
 * Every (branch, seed) of a level is one ticket of a :class:`parallel.TicketRunner` group, so a
   level is one compiled program across all devices.
 
+Multi-process (``jax.distributed``, see ``experiment_main``): the mesh spans every process's
+devices and the workdir must be shared (NFS, GCS). Every process runs the same code on the same
+runs: each builds every run's starting state (deterministic), trains its own share of the tickets
+inside the one SPMD program and evaluates the tickets it trained (``TicketRunner.owners``), writing
+their ``masks.npz`` and ``metrics.json``. Orbax saves (θ₀, θ_k, trained weights, in-level
+checkpoints) are collective: every process calls them with the same host (NumPy) trees and process
+0 writes them. A barrier closes each level; process 0 alone writes ``done.json``, the sample grids,
+the scalars and the reports.
+
 Each stage writes its outputs under ``level_LL/`` and skips itself when they exist; in-level
 checkpoints every ``train.checkpoint_every`` steps make a killed run continue where it stopped.
 """
@@ -45,6 +54,8 @@ from lth_jax import training
 
 PyTree = Any
 _STEPS_RE = re.compile(r"^\s*(\d+)\s*(it|ep)?\s*$")
+# Fields of a result row that are not evaluation metrics.
+_ROW_KEYS = ("level", "branch", "seed", "sparsity", "steps", "group_train_seconds")
 
 
 def parse_steps(spec, steps_per_epoch: int) -> int:
@@ -131,8 +142,14 @@ class _Search:
                                         execution=config.tickets.execution,
                                         steps_per_call=config.train.steps_per_call)
     self.is_main = jax.process_index() == 0
+    self.multiprocess = jax.process_count() > 1
     self.writer = report.MetricWriter(workdir, enabled=self.is_main)
-    self.evaluator = evaluation.Evaluator.from_config(config, self.train_split, self.test_split)
+    # Process 0 trains (and caches) the feature classifier first; the others then load it.
+    if self.is_main:
+      self.evaluator = evaluation.Evaluator.from_config(config, self.train_split, self.test_split)
+    parallel.barrier("lottery-evaluator")
+    if not self.is_main:
+      self.evaluator = evaluation.Evaluator.from_config(config, self.train_split, self.test_split)
     self.metric = evaluation.primary_metric_key(config.family, self.evaluator.extractor.name)
     self.state_shape = jax.eval_shape(self.family.init, jax.random.key(0))
 
@@ -150,7 +167,19 @@ class _Search:
     return training.masks_from_config(self.config, self.family, params)
 
   def load_state(self, path: str) -> steps_lib.TrainState:
-    return checkpointing.load_tree(path, like=self.state_shape)
+    return checkpointing.load_tree(path, like=self._like(self.state_shape))
+
+  def _like(self, tree: PyTree) -> PyTree:
+    """``tree`` as a restore target: itself, or NumPy arrays in a multi-process run (Orbax
+    refuses process-local device arrays there)."""
+    if not self.multiprocess:
+      return tree
+    return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
+
+  def save_state(self, path: str, state: steps_lib.TrainState) -> None:
+    """Saves one state (collective in a multi-process run: every process calls it with the same
+    state; process 0 writes)."""
+    checkpointing.save_tree(path, jax.device_get(state) if self.multiprocess else state)
 
   # ------------------------------------------------------------------------ training a group
   def train_group(self, level: int, runs: list[dict]) -> list[steps_lib.TrainState]:
@@ -159,7 +188,7 @@ class _Search:
     states = [r["state"] for r in runs]
     with checkpointing.Manager(ckpt_dir, max_to_keep=2) as manager:
       if manager.latest_step() is not None:
-        restored, _ = manager.restore(like={"tickets": states})
+        restored, _ = manager.restore(like=self._like({"tickets": states}))
         states = restored["tickets"]
         logging.info("level %d: resuming %d tickets at step %d", level, len(states),
                      int(states[0].step))
@@ -174,26 +203,45 @@ class _Search:
           on_boundary=save, boundary_every=self.config.train.checkpoint_every)
     return states
 
-  def finish_run(self, level: int, run: dict, state, seconds: float) -> dict:
-    """Evaluates one trained run, saves its mask (and ticket weights) and returns its row."""
-    directory = self.run_dir(level, run["branch"], run["seed"])
-    os.makedirs(directory, exist_ok=True)
-    metrics = self.evaluator(self.family, state)
-    row = {"level": level, "branch": run["branch"], "seed": run["seed"],
-           "sparsity": float(masks_lib.sparsity(run["masks"])),
-           "steps": int(state.step), "group_train_seconds": seconds, **metrics}
-    if self.is_main:
-      mask_path = os.path.join(directory, "masks.npz")
-      masks_lib.save(mask_path, run["masks"], overwrite=True)
-      if run["branch"] in ("ticket", "dense"):
-        trained = os.path.join(directory, "trained")
-        if not os.path.exists(trained):
-          checkpointing.save_tree(trained, state)
+  def finish_level(self, level: int, runs: list[dict], states: list, seconds: float
+                   ) -> list[dict]:
+    """Saves and evaluates a trained group; returns every run's row (on every process).
+
+    Each run is evaluated by the process that trained it, which writes its ``masks.npz`` and
+    ``metrics.json``; ticket and dense weights are saved collectively. Ends with a barrier, so
+    every process then sees every file of the level.
+    """
+    owners = self.runner.owners(len(runs))
+    me = jax.process_index()
+    rows = []
+    for run, state, owner in zip(runs, states, owners):
+      directory = self.run_dir(level, run["branch"], run["seed"])
+      os.makedirs(directory, exist_ok=True)
+      trained = os.path.join(directory, "trained")
+      if run["branch"] in ("ticket", "dense") and not os.path.exists(trained):
+        self.save_state(trained, state)
+      if owner != me:
+        rows.append(None)
+        continue
+      metrics = self.evaluator(self.family, state)
+      row = {"level": level, "branch": run["branch"], "seed": run["seed"],
+             "sparsity": float(masks_lib.sparsity(run["masks"])),
+             "steps": int(state.step), "group_train_seconds": seconds, **metrics}
+      masks_lib.save(os.path.join(directory, "masks.npz"), run["masks"], overwrite=True)
       with open(os.path.join(directory, "metrics.json"), "w") as f:
         json.dump(row, f, indent=2)
-      self.writer.write_scalars(level, {k: v for k, v in metrics.items()},
-                                branch=run["branch"], seed=run["seed"])
-    return row
+      rows.append(row)
+    parallel.barrier(f"lottery-level{level}-finished")
+    for i, run in enumerate(runs):
+      if rows[i] is None:
+        with open(os.path.join(self.run_dir(level, run["branch"], run["seed"]),
+                               "metrics.json")) as f:
+          rows[i] = json.load(f)
+    if self.is_main:
+      for row in rows:
+        self.writer.write_scalars(level, {k: v for k, v in row.items() if k not in _ROW_KEYS},
+                                  branch=row["branch"], seed=row["seed"])
+    return rows
 
   # ----------------------------------------------------------------------------- level 0
   def dense_level(self) -> list[dict]:
@@ -207,7 +255,7 @@ class _Search:
       state = self.init_state(seed)
       d = self.run_dir(0, "dense", seed)
       if not os.path.exists(os.path.join(d, "theta_0")):
-        checkpointing.save_tree(os.path.join(d, "theta_0"), state)
+        self.save_state(os.path.join(d, "theta_0"), state)
       runs.append({"branch": "dense", "seed": seed, "state": state,
                    "masks": self.dense_masks(state.params)})
     start = time.perf_counter()
@@ -218,13 +266,13 @@ class _Search:
       for run, state in zip(runs, states):
         path = os.path.join(self.run_dir(0, "dense", run["seed"]), "theta_k")
         if not os.path.exists(path):
-          checkpointing.save_tree(path, state)
+          self.save_state(path, state)
     for run in runs:
       run["state"] = self.load_state(os.path.join(self.run_dir(0, "dense", run["seed"]),
                                                   "theta_k"))
     states = self.train_group(0, runs)
     seconds = time.perf_counter() - start
-    rows = [self.finish_run(0, run, state, seconds) for run, state in zip(runs, states)]
+    rows = self.finish_level(0, runs, states, seconds)
     self._save_grid(0, self.family, states[0])
     self._mark_done(0, rows)
     return rows
@@ -237,7 +285,7 @@ class _Search:
     states = [r["state"] for r in runs]
     with checkpointing.Manager(ckpt_dir, max_to_keep=2) as manager:
       if manager.latest_step() is not None:
-        states = manager.restore(like={"tickets": states})[0]["tickets"]
+        states = manager.restore(like=self._like({"tickets": states}))[0]["tickets"]
 
       def save(step, current):
         if step not in manager.all_steps():
@@ -261,7 +309,7 @@ class _Search:
     start = time.perf_counter()
     states = self.train_group(level, runs)
     seconds = time.perf_counter() - start
-    rows = [self.finish_run(level, run, state, seconds) for run, state in zip(runs, states)]
+    rows = self.finish_level(level, runs, states, seconds)
     self._save_grid(level, self.family, states[0])
     self._mark_done(level, rows)
     return rows

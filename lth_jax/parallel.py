@@ -2,10 +2,35 @@
 
 T tickets (seeds, branches, sparsities, ...) of one family share the compiled program: their
 states, masks and keys are stacked on a leading axis, placed on a mesh with axes
-``('ticket', 'data')`` and trained by one ``jax.jit(jax.shard_map(...))`` call. Inside a device,
-its block of tickets runs either vmapped or one after another (an unrolled Python loop: never a
-rolled loop, which XLA CPU runs 40-70x slower for convolutions). Which is faster depends on
-the backend; ``execution='auto'`` picks by the measurement in BENCHMARKS.md.
+``('ticket', 'data')`` and trained by one ``jax.jit(jax.shard_map(...))`` call, manual over
+``ticket`` (and over ``data`` when it has size 1). Inside a device, its block of tickets runs
+either vmapped or one after another (an unrolled Python loop: never a rolled loop, which XLA CPU
+runs 40-70x slower for convolutions). Which is faster depends on the backend;
+``execution='auto'`` picks by the measurement in BENCHMARKS.md. T not divisible by the
+``ticket`` axis size is padded with copies of the last ticket, whose results are dropped.
+
+One after another, each ticket is bit-identical to the same ticket trained alone by
+``steps.jit_multi_step`` in the same process (tested on 2 and 4 devices); vmapped or with a
+batch split over ``data``, equal within float tolerance.
+
+The ``data`` axis splits each ticket's batch over ``data_parallel`` devices: the batch drawn by
+``data.sample_batch`` is constrained to the ambient mesh's ``data`` axis (``data.shard_batch``)
+and the compiler turns batch reductions (BatchNorm statistics, losses) into all-reduces, so the
+math is the unsharded step's (equal within float tolerance). Arrays a step draws itself without
+that constraint (the DCGAN's noise ``z``) keep their full batch on every ``data`` device.
+
+Multi-process (``jax.distributed``): the default mesh spans every process's devices, so the
+``ticket`` axis is split across processes. Every process calls :meth:`TicketRunner.train` with
+the same arguments (the same starting states, built deterministically); each process only reads
+and trains the tickets of its own mesh rows (:meth:`TicketRunner.owners`), and all processes run
+the one SPMD program together. Per-ticket results come back to every process as host NumPy trees,
+so every process can take part in collective Orbax saves of any ticket.
+
+Example::
+
+  mesh = parallel.make_mesh(data_parallel=1)
+  runner = parallel.TicketRunner(family, mesh=mesh, execution='auto')
+  states = runner.train(states, masks, images, run_keys, until_step=1000)
 """
 
 from __future__ import annotations
@@ -16,21 +41,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lth_jax import steps as steps_lib
 
 PyTree = Any
+AXES = ("ticket", "data")
 EXECUTIONS = ("auto", "sequential", "vmap")
 
 
 def resolve_execution(execution: str, platform: str | None = None) -> str:
   """'sequential' or 'vmap' for ``execution`` on ``platform`` (default: JAX's backend).
 
-  'auto' is 'sequential' on CPU — measured here: 4 vmapped DCGAN tickets cost 4.8x one ticket
-  (per-ticket weights turn convolutions into grouped ones) against 3.9x for 4 separate runs —
-  and 'vmap' on GPU/TPU, where batching amortises kernel launches.
+  'auto' is 'sequential' on CPU — measured here (benchmarks/tickets.py, BENCHMARKS.md): vmapped
+  DCGAN tickets cost more than the same tickets one after another, since per-ticket weights turn
+  convolutions into grouped ones — and 'vmap' on GPU/TPU, where batching amortises kernel
+  launches and fills the device.
   """
   if execution not in EXECUTIONS:
     raise ValueError(f"unknown tickets.execution {execution!r}; expected one of {EXECUTIONS}")
@@ -41,18 +69,32 @@ def resolve_execution(execution: str, platform: str | None = None) -> str:
 
 def make_mesh(*, data_parallel: int = 1, devices: Sequence[jax.Device] | None = None
               ) -> jax.sharding.Mesh:
-  """A ``('ticket', 'data')`` mesh over ``devices`` (default: this process's local devices).
+  """A ``('ticket', 'data')`` mesh, both axes left to the compiler (``AxisType.Auto``).
 
   Args:
     data_parallel: devices per ticket on the ``data`` axis (each ticket's batch is split over
       them); the ``ticket`` axis gets ``len(devices) // data_parallel``.
+    devices: the devices, in mesh order (consecutive devices share a ticket); default: every
+      process's devices (``jax.devices()``), laid out by ``jax.make_mesh``.
+
+  Raises:
+    ValueError: ``data_parallel`` does not divide the device count.
   """
-  devices = list(jax.local_devices() if devices is None else devices)
-  if data_parallel < 1 or len(devices) % data_parallel:
+  count = jax.device_count() if devices is None else len(devices)
+  if data_parallel < 1 or count % data_parallel:
     raise ValueError(f"tickets.data_parallel={data_parallel} must divide the device count "
-                     f"{len(devices)}")
-  grid = np.array(devices).reshape(len(devices) // data_parallel, data_parallel)
-  return jax.sharding.Mesh(grid, ("ticket", "data"))
+                     f"{count}")
+  shape = (count // data_parallel, data_parallel)
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  if devices is None:
+    return jax.make_mesh(shape, AXES, axis_types=auto)
+  return jax.sharding.Mesh(np.array(list(devices)).reshape(shape), AXES, axis_types=auto)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier ``name`` (no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:
@@ -61,7 +103,7 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
 
 
 def unstack(tree: PyTree) -> list[PyTree]:
-  """Inverse of :func:`stack`."""
+  """Inverse of :func:`stack` (NumPy leaves stay NumPy)."""
   n = jax.tree.leaves(tree)[0].shape[0]
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
@@ -79,46 +121,107 @@ class TicketRunner:
     mesh: a ``('ticket', 'data')`` mesh (see :func:`make_mesh`).
     execution: 'sequential' | 'vmap' | 'auto' (per-device block of tickets).
     steps_per_call: steps fused into one call (unrolled).
+
+  Raises:
+    ValueError: the mesh's axes are not ``('ticket', 'data')``, or the family's batch size is
+      not divisible by the ``data`` axis size.
   """
 
   def __init__(self, family: steps_lib.Family, *, mesh: jax.sharding.Mesh,
                execution: str = "auto", steps_per_call: int = 1):
+    if tuple(mesh.axis_names) != AXES:
+      raise ValueError(f"TicketRunner needs a mesh with axes {AXES}, got {mesh.axis_names}")
+    if family.batch_size % mesh.shape["data"]:
+      raise ValueError(f"train.batch_size={family.batch_size} must be divisible by "
+                       f"tickets.data_parallel={mesh.shape['data']}")
     self.family = family
     self.mesh = mesh
     self.execution = resolve_execution(execution, mesh.devices.flat[0].platform)
     self.steps_per_call = steps_per_call
+    self.multiprocess = len({d.process_index for d in mesh.devices.flat}) > 1
     self._fns: dict = {}
 
   @property
   def num_shards(self) -> int:
+    """Size of the mesh's ``ticket`` axis."""
     return self.mesh.shape["ticket"]
+
+  def owners(self, num_tickets: int) -> list[int]:
+    """The process that trains each of ``num_tickets`` tickets (lowest index if shared).
+
+    Ticket i lives on mesh row ``i // block`` with ``block = padded / num_shards``; a process
+    should evaluate or report exactly the tickets it owns.
+    """
+    block = padded_count(num_tickets, self.num_shards) // self.num_shards
+    return [min(d.process_index for d in self.mesh.devices[i // block])
+            for i in range(num_tickets)]
 
   def _single_device_loop(self) -> bool:
     return self.mesh.devices.size == 1 and self.execution == "sequential"
 
-  def _compiled(self, n: int, block: int) -> Callable:
-    """Jitted ``(states, masks, images, keys) -> (states, metrics)`` over stacked tickets."""
-    key = (n, block)
+  def _compiled(self, n: int, block: int, impl) -> Callable:
+    """Jitted ``(states, masks, images, key_data) -> (states, metrics)`` over stacked tickets.
+
+    Metrics come back gathered over the ticket axis (replicated), so every process can read
+    every ticket's ``finite`` flag.
+    """
+    key = (n, block, str(impl))
     if key in self._fns:
       return self._fns[key]
-    single = steps_lib.multi_step(self.family, n)
-    one = single
+    one = steps_lib.multi_step(self.family, n)
 
-    def block_fn(states, masks, images, keys):
+    def block_fn(states, masks, images, key_data):
+      keys = jax.random.wrap_key_data(key_data, impl=impl)
       if self.execution == "vmap":
-        return jax.vmap(one, in_axes=(0, 0, None, 0))(states, masks, images, keys)
-      outs = [one(jax.tree.map(lambda x, i=i: x[i], states),
-                  jax.tree.map(lambda x, i=i: x[i], masks), images, keys[i])
-              for i in range(block)]
-      return stack([o[0] for o in outs]), stack([o[1] for o in outs])
+        states, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(states, masks, images, keys)
+      else:
+        # Barriers around each ticket keep slicing and stacking out of its fusions: XLA then
+        # compiles each ticket exactly as a single-ticket program (bit-identical results; a
+        # slice fused into an update can change FMA contraction, i.e. the last bit).
+        fence = jax.lax.optimization_barrier
+        outs = [fence(one(fence(jax.tree.map(lambda x, i=i: x[i], states)),
+                          fence(jax.tree.map(lambda x, i=i: x[i], masks)), images, keys[i]))
+                for i in range(block)]
+        states, metrics = stack([o[0] for o in outs]), stack([o[1] for o in outs])
+      metrics = jax.tree.map(lambda m: jax.lax.all_gather(m, "ticket", tiled=True), metrics)
+      return states, metrics
 
+    # 'data' is left to the compiler only when it splits batches: a size-1 automatic axis
+    # still runs the SPMD partitioner, which reorders BatchNorm reductions (last-bit changes).
+    manual = {"ticket"} if self.mesh.shape["data"] > 1 else set(AXES)
     sharded = jax.shard_map(block_fn, mesh=self.mesh,
                             in_specs=(P("ticket"), P("ticket"), P(), P("ticket")),
-                            out_specs=(P("ticket"), P("ticket")),
-                            axis_names={"ticket"}, check_vma=False)
+                            out_specs=(P("ticket"), P()), axis_names=manual, check_vma=False)
     fn = jax.jit(sharded, donate_argnums=0)
     self._fns[key] = fn
     return fn
+
+  def _stack(self, trees: Sequence[PyTree]) -> PyTree:
+    """:func:`stack`, on the host in a multi-process run (every process holds every ticket)."""
+    if not self.multiprocess:
+      return stack(trees)
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+  def _place(self, tree: PyTree, spec: P) -> PyTree:
+    """Places ``tree`` with ``spec`` on the mesh (a global mesh: from each process's copy)."""
+    sharding = NamedSharding(self.mesh, spec)
+    if not self.multiprocess:
+      return jax.device_put(tree, sharding)
+
+    def global_array(x):
+      host = np.asarray(x)
+      return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(global_array, tree)
+
+  def _gather(self, stacked: PyTree) -> list[PyTree]:
+    """Per-ticket host (NumPy) trees of every ticket, on every process."""
+    if self.multiprocess:
+      if "replicate" not in self._fns:
+        self._fns["replicate"] = jax.jit(lambda tree: tree,
+                                         out_shardings=NamedSharding(self.mesh, P()))
+      stacked = self._fns["replicate"](stacked)
+    return unstack(jax.device_get(stacked))
 
   def train(self, states: list[steps_lib.TrainState], masks: list[PyTree], images: jax.Array,
             run_keys: list[jax.Array], *, until_step: int,
@@ -126,12 +229,19 @@ class TicketRunner:
             boundary_every: int = 0) -> list[steps_lib.TrainState]:
     """Trains every ticket from their common step to ``until_step``.
 
+    In a multi-process run every process must call this with the same arguments.
+
     Args:
       states, masks, run_keys: one per ticket; all states at the same step.
       images: uint8 [N, H, W, C] training images (shared by all tickets).
       until_step: absolute step to stop at.
       on_boundary: called as ``on_boundary(step, states)`` at every multiple of
-        ``boundary_every`` and at the end (checkpointing); the states are per-ticket trees.
+        ``boundary_every`` and at the end (checkpointing) with every ticket's state: host
+        (NumPy) trees, on every process; device arrays in the one-device sequential loop.
+
+    Returns:
+      The trained per-ticket states: device arrays in a single-process run, host NumPy trees
+      of every ticket (on every process) in a multi-process run.
 
     Raises:
       FloatingPointError: a ticket's loss or params became NaN/Inf (names the ticket and step).
@@ -148,17 +258,17 @@ class TicketRunner:
                               boundary_every)
     padded = padded_count(t, self.num_shards)
     pad = lambda xs: list(xs) + [xs[-1]] * (padded - t)
-    sharding = NamedSharding(self.mesh, P("ticket"))
-    put = lambda tree: jax.device_put(tree, sharding)
-    stacked = put(stack(pad(states)))
-    stacked_masks = put(stack(pad(masks)))
-    keys = put(jnp.stack(pad(run_keys)))
-    images = jax.device_put(images, NamedSharding(self.mesh, P()))
+    impl = jax.random.key_impl(run_keys[0])
+    stacked = self._place(self._stack(pad(states)), P("ticket"))
+    stacked_masks = self._place(self._stack(pad(masks)), P("ticket"))
+    keys = self._place(self._stack([jax.random.key_data(k) for k in pad(run_keys)]),
+                       P("ticket"))
+    images = self._place(images, P())
     while step < until_step:
       n = min(self.steps_per_call, until_step - step)
       if boundary_every:
         n = min(n, boundary_every - step % boundary_every)
-      fn = self._compiled(n, padded // self.num_shards)
+      fn = self._compiled(n, padded // self.num_shards, impl)
       stacked, metrics = fn(stacked, stacked_masks, images, keys)
       finite = np.asarray(jax.device_get(metrics["finite"]))[:t]
       step += n
@@ -167,7 +277,9 @@ class TicketRunner:
                                  f"NaN/Inf loss or params after step {step}")
       if on_boundary is not None and (step == until_step or (
           boundary_every and step % boundary_every == 0)):
-        on_boundary(step, unstack(jax.device_get(stacked))[:t])
+        on_boundary(step, self._gather(stacked)[:t])
+    if self.multiprocess:
+      return self._gather(stacked)[:t]
     return unstack(stacked)[:t]
 
   def _train_loop(self, states, masks, images, run_keys, step, until_step, on_boundary,

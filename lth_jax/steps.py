@@ -12,7 +12,7 @@ step k and fusing n steps per call both reproduce the same batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -88,8 +88,28 @@ def _masked_update(tx, grads, opt_state, params, masks):
   return optim.apply_updates(params, updates, masks), opt_state
 
 
+def _bn_l1_weights(bn_l1: float | Mapping[str, float], parts: tuple[str, str]) -> dict:
+  """``{part: λ}`` from one λ for every part or a ``{part: λ}`` mapping (missing parts: 0)."""
+  weights = dict(bn_l1) if isinstance(bn_l1, Mapping) else {p: bn_l1 for p in parts}
+  unknown = set(weights) - set(parts)
+  if unknown:
+    raise ValueError(f"bn_l1 names {sorted(unknown)}, which are not parts {parts}")
+  if any(float(w) < 0.0 for w in weights.values()):
+    raise ValueError(f"bn_l1 must be >= 0, got {bn_l1}")
+  return {p: float(weights.get(p, 0.0)) for p in parts}
+
+
+def bn_l1_penalty(params: PyTree, weight: float) -> jax.Array:
+  """Network slimming's sparsity term ``weight * sum |γ|`` over the BatchNorm scales of ``params``
+  (every leaf named ``scale``; in these models only BatchNorm has one)."""
+  scales = [x for path, x in jax.tree_util.tree_leaves_with_path(params)
+            if masks_lib.key_name(path[-1]) == "scale"]
+  return weight * sum((jnp.sum(jnp.abs(x)) for x in scales), jnp.zeros((), jnp.float32))
+
+
 # ----------------------------------------------------------------------------------- DCGAN
-def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_kind, batch_size):
+def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_kind, batch_size,
+                bn_l1):
   gen = dcgan.Generator(width=width, channels=channels, image_size=image_size, z_dim=z_dim,
                         widths=widths.get("generator") if widths else None)
   disc = dcgan.Discriminator(width=width, channels=channels, image_size=image_size,
@@ -127,7 +147,10 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
     def d_loss_fn(dp):
       real_logits, ds = d_apply(dp, s["discriminator"], real)
       fake_logits, ds = d_apply(dp, ds, jax.lax.stop_gradient(fake))
-      return objectives.gan_d_loss(real_logits, fake_logits, kind=loss_kind), ds
+      loss = objectives.gan_d_loss(real_logits, fake_logits, kind=loss_kind)
+      if bn_l1["discriminator"]:
+        loss = loss + bn_l1_penalty(dp, bn_l1["discriminator"])
+      return loss, ds
 
     (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(p["discriminator"])
     d_params, d_opt = _masked_update(optimizers["discriminator"], d_grads,
@@ -140,6 +163,9 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
 
     (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
     (g_grads,) = g_vjp(fake_grads)
+    if bn_l1["generator"]:
+      penalty, penalty_grads = jax.value_and_grad(bn_l1_penalty)(p["generator"], bn_l1["generator"])
+      g_loss, g_grads = g_loss + penalty, jax.tree.map(jnp.add, g_grads, penalty_grads)
     g_params, g_opt = _masked_update(optimizers["generator"], g_grads,
                                      state.opt_state["generator"], p["generator"],
                                      masks["generator"])
@@ -179,7 +205,7 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
 
 # ------------------------------------------------------------------------------ VAE and AE
 def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, optimizer, beta,
-                         batch_size):
+                         batch_size, bn_l1):
   kwargs = dict(width=width, channels=channels, image_size=image_size, z_dim=z_dim,
                 encoder_widths=widths.get("encoder") if widths else None,
                 decoder_widths=widths.get("decoder") if widths else None)
@@ -204,6 +230,13 @@ def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, op
       aux = {"mse": loss}
     return loss, (stats, aux)
 
+  def train_loss_fn(params, batch_stats, x, key):
+    loss, aux = loss_fn(params, batch_stats, x, key)
+    for part, weight in bn_l1.items():
+      if weight:
+        loss = loss + bn_l1_penalty(params[part], weight)
+    return loss, aux
+
   def init(key):
     kp, kr = jax.random.split(key)
     variables = model.init(kp, dummy, kr, train=False)
@@ -212,7 +245,7 @@ def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, op
   def train_step(state: TrainState, masks, images, key):
     kx, kr = jax.random.split(key)
     x = data_lib.sample_batch(kx, images, batch_size)
-    (loss, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (stats, aux)), grads = jax.value_and_grad(train_loss_fn, has_aux=True)(
         state.params, state.batch_stats, x, kr)
     params, opt_state = _masked_update(optimizers["all"], grads, state.opt_state, state.params,
                                        masks)
@@ -244,7 +277,8 @@ def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, op
 
 def make_family(name: str, *, channels: int, image_size: int, width: int, z_dim: int,
                 optimizer: dict, batch_size: int, loss_kind: str = "bce", beta: float = 4.0,
-                widths: dict | None = None) -> Family:
+                widths: dict | None = None,
+                bn_l1: float | Mapping[str, float] = 0.0) -> Family:
   """Builds a family's pure functions.
 
   Args:
@@ -258,16 +292,21 @@ def make_family(name: str, *, channels: int, image_size: int, width: int, z_dim:
     beta: the VAE's KL weight (the paper's β-VAE uses 4).
     widths: per-part hidden channel tuples, e.g. ``{'generator': (96, 40, 20)}``, for
       physically smaller (channel-pruned) models.
+    bn_l1: network slimming's L1 weight λ: ``λ * sum |γ|`` over a part's BatchNorm scales is
+      added to the training loss that updates that part (GAN: D's loss for D's BNs, G's loss for
+      G's BNs; AE/VAE: the one loss). One λ for every part or ``{part: λ}``; 0 adds nothing.
+      Reported losses include the penalty.
   """
   if name not in FAMILIES:
     raise ValueError(f"unknown model family {name!r}; expected one of {FAMILIES}")
+  l1 = _bn_l1_weights(bn_l1, PARTS[name])
   if name == "dcgan":
     return _gan_family(channels=channels, image_size=image_size, width=width, z_dim=z_dim,
                        widths=widths, optimizer=optimizer, loss_kind=loss_kind,
-                       batch_size=batch_size)
+                       batch_size=batch_size, bn_l1=l1)
   return _autoencoding_family(name, channels=channels, image_size=image_size, width=width,
                               z_dim=z_dim, widths=widths, optimizer=optimizer, beta=beta,
-                              batch_size=batch_size)
+                              batch_size=batch_size, bn_l1=l1)
 
 
 def multi_step(family: Family, steps_per_call: int) -> Callable:

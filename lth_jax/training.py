@@ -66,14 +66,14 @@ def _diff_keys(a, b, prefix=""):
     yield prefix.rstrip(".")
 
 
-def family_from_config(config: ml_collections.ConfigDict, *, widths: dict | None = None
-                       ) -> steps_lib.Family:
+def family_from_config(config: ml_collections.ConfigDict, *, widths: dict | None = None,
+                       bn_l1: float | dict = 0.0) -> steps_lib.Family:
   """Builds the config's model family (reads ``family``, ``data``, ``model``, ``train``, ``loss``)."""
   return steps_lib.make_family(
       config.family, channels=data_lib.num_channels(config.data.name),
       image_size=config.data.image_size, width=config.model.width, z_dim=config.model.z_dim,
       optimizer=dict(config.train.optimizer), batch_size=config.train.batch_size,
-      loss_kind=config.loss.kind, beta=config.loss.beta, widths=widths)
+      loss_kind=config.loss.kind, beta=config.loss.beta, widths=widths, bn_l1=bn_l1)
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Split, data_lib.Split]:

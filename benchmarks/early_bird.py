@@ -1,0 +1,120 @@
+r"""Benchmark: structured early-bird tickets vs full dense training on Fashion-MNIST (GAN, VAE).
+
+  python benchmarks/early_bird.py --workdir=/tmp/lth_eb_bench   # 19 min on 2 cores at load 7-8
+  python benchmarks/early_bird.py --families=vae --steps=1000 --sparsities=0.75   # quicker
+
+For each family, :func:`lth_jax.early_bird.run` trains the dense model for ``--steps`` steps, then
+runs the early-bird search (dense training with the BatchNorm L1 penalty, a channel mask every
+``--interval`` steps, drawn when the last ``--window`` masks are within ``--epsilon``), copies the
+surviving channels into a physically smaller model and trains it for the remaining steps, so both
+runs take the same number of steps. Wall-clock includes compilation on both sides and excludes
+evaluation. Targets (the paper's Table 2 scale of savings):
+
+* total training FLOPs (search + ticket) at least 88% below dense training's;
+* total wall-clock at most 40% of dense training's;
+* the metric (FID in the Fashion-MNIST classifier's features) within 10% of the dense model's.
+
+Ratios are printed last. Results go to BENCHMARKS.md (section "Early-bird tickets").
+"""
+import os
+import shutil
+import time
+
+from absl import app
+from absl import flags
+
+from lth_jax import configs
+from lth_jax import early_bird
+from lth_jax import evaluation
+from lth_jax import report
+
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/lth_eb_bench", "Root of the runs' workdirs.")
+_FAMILIES = flags.DEFINE_list("families", ["dcgan", "vae"], "Families to benchmark.")
+_STEPS = flags.DEFINE_integer("steps", 2000, "Dense training steps (= search + ticket steps).")
+_WIDTH = flags.DEFINE_integer("width", 32, "Base width h of the dense models.")
+_SPARSITIES = flags.DEFINE_list("sparsities", ["0.75", "0.5"],
+                                 "Fractions of hidden channels pruned (one ticket each; the dense "
+                                 "baseline is trained once per family and shared).")
+_SCOPE = flags.DEFINE_enum("scope", "layerwise", ["global", "layerwise"],
+                           "One |γ| threshold over all BatchNorm layers, or one per layer.")
+_INTERVAL = flags.DEFINE_integer("interval", 10, "Steps between two channel masks.")
+_WINDOW = flags.DEFINE_integer("window", 5, "Masks compared (You et al.: 5).")
+_EPSILON = flags.DEFINE_float("epsilon", 0.1, "Draw when all distances are <= epsilon.")
+_BN_L1 = flags.DEFINE_float("bn_l1", 1e-4, "Network-slimming L1 weight on BatchNorm scales.")
+_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 5, "Steps fused per jitted call (a "
+                                        "divisor of --interval: one compilation per run).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 5000, "Samples for FID.")
+_SEED = flags.DEFINE_integer("seed", 0, "Run seed.")
+
+TARGETS = {"flops": 0.12, "seconds": 0.40, "metric": 1.10}
+
+
+def config_for(family: str, sparsity: float):
+  config = configs.get_config(family, "fashion_mnist", "default")
+  config.seed = _SEED.value
+  config.model.width = _WIDTH.value
+  config.train.update(steps=_STEPS.value, steps_per_call=_STEPS_PER_CALL.value,
+                      checkpoint_every=0, log_every=500)
+  config.eval.num_samples = _NUM_SAMPLES.value
+  config.prune.scope = _SCOPE.value
+  config.early_bird.update(kind="structured", sparsity=sparsity, interval=_INTERVAL.value,
+                           window=_WINDOW.value, epsilon=_EPSILON.value, bn_l1=_BN_L1.value,
+                           rewind=False, dense_baseline=True)
+  return config
+
+
+def run_family(family: str) -> list[dict]:
+  """One dense baseline and one early-bird ticket per sparsity; returns one row per ticket."""
+  results, dense_dir = [], None
+  for sparsity in (float(s) for s in _SPARSITIES.value):
+    config = config_for(family, sparsity)
+    workdir = os.path.join(_WORKDIR.value, f"{family}_s{_STEPS.value}_w{_WIDTH.value}_"
+                           f"p{sparsity}_{_SCOPE.value}_i{_INTERVAL.value}_seed{_SEED.value}")
+    if dense_dir is not None and not os.path.exists(os.path.join(workdir, "dense")):
+      # Same family, data, model, training and seed: the finished dense stage is reused.
+      shutil.copytree(dense_dir, os.path.join(workdir, "dense"))
+    rows = {r["run"]: r for r in early_bird.run(config, workdir)}
+    dense_dir = os.path.join(workdir, "dense")
+    metric = evaluation.primary_metric_key(family, "fmnist_clf")
+    dense, total = rows["dense"], rows["eb_total"]
+    results.append({
+        "family": family, "eb_step": total["eb_step"], "steps": dense["steps"],
+        "channel_sparsity": total["sparsity"], "widths": rows["eb_ticket"].get("widths", ""),
+        "dense_train_flops": dense["train_flops"], "eb_train_flops": total["train_flops"],
+        "dense_seconds": dense["train_seconds"],
+        "search_seconds": rows["eb_search"]["train_seconds"],
+        "ticket_seconds": rows["eb_ticket"]["train_seconds"], "eb_seconds": total["train_seconds"],
+        "dense_" + metric: dense[metric], "eb_" + metric: total[metric],
+        "flops_ratio": total["flops_vs_dense"], "seconds_ratio": total["seconds_vs_dense"],
+        "cpu_seconds_ratio": total["cpu_seconds_vs_dense"],
+        "metric_ratio": total["metric_vs_dense"]})
+  return results
+
+
+def main(argv):
+  del argv
+  load_before = os.getloadavg()
+  start = time.perf_counter()
+  results = []
+  for family in _FAMILIES.value:
+    results += run_family(family)
+  load_after = os.getloadavg()
+  print()
+  print(report.markdown_table(results, floatfmt=".4g"))
+  print(f"\nmachine load average (1, 5, 15 min): before {load_before}, after {load_after}; "
+        f"benchmark wall-clock {time.perf_counter() - start:.0f} s")
+  for r in results:
+    met = lambda ok: "met" if ok else "MISSED"
+    print(f"{r['family']} at channel sparsity {r['channel_sparsity']:.2f}: ticket drawn at step "
+          f"{r['eb_step']}/{r['steps']}; "
+          f"train FLOPs ratio {r['flops_ratio']:.3f} ({100 * (1 - r['flops_ratio']):.1f}% fewer; "
+          f"target >= 88%: {met(r['flops_ratio'] <= TARGETS['flops'])}); "
+          f"wall-clock ratio {r['seconds_ratio']:.3f} (target <= 0.40: "
+          f"{met(r['seconds_ratio'] <= TARGETS['seconds'])}; CPU time ratio "
+          f"{r['cpu_seconds_ratio']:.3f}); "
+          f"metric ratio {r['metric_ratio']:.3f} (target <= 1.10: "
+          f"{met(r['metric_ratio'] <= TARGETS['metric'])})")
+
+
+if __name__ == "__main__":
+  app.run(main)

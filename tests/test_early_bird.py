@@ -1,0 +1,263 @@
+"""Tests for lth_jax.early_bird: drawing rule, channel pruning, small = masked big, binary smoke."""
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lth_jax import configs, early_bird, masks, report, steps
+from tests.conftest import needs_fmnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
+
+
+def family(name, image_size=16, **kw):
+  """A small family; 16x16 images keep compilation short (2 hidden layers per network)."""
+  return steps.make_family(name, channels=1, image_size=image_size, width=8, z_dim=16,
+                           optimizer=OPT, batch_size=8, **kw)
+
+
+def first_k(k, n=20):
+  return {"m": np.arange(n) < k}
+
+
+# ------------------------------------------------------------------------------- detection
+def test_detector_draws_when_window_is_within_epsilon():
+  det = early_bird.Detector(window=3, epsilon=0.1)
+  # Kept counts out of 20: each step changes 2 entries (distance 0.1) until 16, then stays.
+  kept = [8, 10, 12, 14, 16, 16, 16]
+  drawn = [det.update(10 * (i + 1), first_k(k)) for i, k in enumerate(kept)]
+  distances = [h["max_distance"] for h in det.history]
+  assert distances[:2] == [None, None]
+  np.testing.assert_allclose(distances[2:], [0.2, 0.2, 0.2, 0.1, 0.0])
+  # Window at step 60 holds 14, 16, 16: max distance 0.1 <= epsilon -> drawn there, not later.
+  assert drawn == [False] * 5 + [True, True]
+  assert det.drawn_step == 60
+  np.testing.assert_array_equal(det.drawn_mask["m"], first_k(16)["m"])
+
+
+def test_detector_compares_with_the_newest_mask_only():
+  det = early_bird.Detector(window=3, epsilon=0.1)
+  # 0.1 between neighbours but 0.15 from the oldest to the newest: not drawn.
+  for step, k in ((1, 10), (2, 12), (3, 13)):
+    assert not det.update(step, first_k(k))
+  assert det.history[-1]["max_distance"] == pytest.approx(0.15)
+  assert det.update(4, first_k(13))
+
+
+@pytest.mark.parametrize("kwargs", [dict(window=1), dict(epsilon=-0.1), dict(epsilon=1.5)])
+def test_detector_rejects_bad_settings(kwargs):
+  with pytest.raises(ValueError, match="early_bird"):
+    early_bird.Detector(**kwargs)
+
+
+def _counting_family():
+  """A Family whose one parameter counts steps (its train step is trivial to compile)."""
+  def train_step(state, m, images, key):
+    del m, images, key
+    w = state.params["w"] + 1.0
+    return state._replace(step=state.step + 1, params={"w": w}), {"loss": w}
+  return steps.Family("count", ("a", "b"), {}, {}, None, train_step, None, None, None, None, 1)
+
+
+@pytest.mark.parametrize("interval, window, expected", [(1, 3, 11), (2, 3, 14), (2, 2, 12)])
+def test_search_runs_chunks_until_drawn(interval, window, expected):
+  fam = _counting_family()
+  state = steps.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros(())}, {}, {})
+  # Mask after w steps: the first min(2w, 20) of 20 entries, so 0.1 changes per step until 10.
+  mask_fn = lambda s: {"m": jnp.arange(20) < jnp.minimum(2 * s.params["w"], 20)}
+  result = early_bird.search(fam, state, None, jnp.zeros((1, 1), jnp.uint8),
+                             run_key=jax.random.key(0), mask_fn=mask_fn,
+                             detector=early_bird.Detector(window=window, epsilon=0.1),
+                             interval=interval, max_steps=100, steps_per_call=2)
+  assert result.drawn and result.step == expected == int(result.state.step)
+  assert [h["step"] for h in result.history] == list(range(interval, expected + 1, interval))
+
+
+def test_search_without_draw_returns_newest_mask_at_max_steps():
+  fam = _counting_family()
+  state = steps.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros(())}, {}, {})
+  mask_fn = lambda s: {"m": jnp.arange(20) < 2 * s.params["w"]}
+  result = early_bird.search(fam, state, None, jnp.zeros((1, 1), jnp.uint8),
+                             run_key=jax.random.key(0), mask_fn=mask_fn,
+                             detector=early_bird.Detector(window=3, epsilon=0.0),
+                             interval=3, max_steps=7, steps_per_call=3)
+  assert not result.drawn and result.step == 7
+  assert int(np.sum(result.mask["m"])) == 14
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kind", "channels", "unknown early_bird.kind"), ("sparsity", 1.0, "early_bird.sparsity"),
+    ("window", 1, "early_bird.window"), ("interval", 0, "early_bird.interval"),
+    ("max_search_steps", 99, "exceeds train.steps")])
+def test_validate_names_the_bad_field(field, value, message):
+  config = configs.get_config("vae", "fashion_mnist", "smoke")
+  config.early_bird[field] = value
+  with pytest.raises(ValueError, match=message):
+    early_bird.validate(config)
+
+
+# ------------------------------------------------------------------------ pruning pieces
+def test_magnitude_masks_hit_the_sparsity():
+  rng = np.random.RandomState(0)
+  params = {"a": {"kernel": jnp.asarray(rng.normal(size=(10, 10)))},
+            "b": {"kernel": jnp.asarray(rng.normal(size=(5, 4))), "bias": jnp.ones(4)}}
+  m = early_bird.magnitude_masks(params, masks.init(params), 0.7)
+  assert m["b"]["bias"] is None
+  assert float(masks.sparsity(m)) == pytest.approx(0.7)
+  kept, pruned = [], []
+  for path, k in masks.leaves_with_paths(m):
+    if k is not None:
+      w = np.abs(np.asarray(params[path.split("/")[0]]["kernel"]))
+      kept.append(w[np.asarray(k)])
+      pruned.append(w[~np.asarray(k)])
+  assert np.concatenate(kept).min() > np.concatenate(pruned).max()
+
+
+def random_variables(fam, seed=1, kernel_std=0.1):
+  """Random params and BatchNorm statistics shaped like ``fam``'s (no init compile needed)."""
+  shapes = jax.eval_shape(fam.init, jax.random.key(0))
+  rng = np.random.RandomState(seed)
+
+  def draw(path, x):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      value = rng.uniform(0.5, 1.5, x.shape)
+    elif name == "bias":                  # mostly active units after ReLU
+      value = rng.uniform(0.0, 0.5, x.shape)
+    else:
+      value = rng.normal(0, kernel_std if name == "kernel" else 0.3, x.shape)
+    return jnp.asarray(value, jnp.float32)
+
+  return (jax.tree_util.tree_map_with_path(draw, shapes.params),
+          jax.tree_util.tree_map_with_path(draw, shapes.batch_stats))
+
+
+def test_channel_masks_use_one_global_threshold_and_keep_a_channel_per_layer():
+  rng = np.random.RandomState(0)
+  # G's bn1 (8 channels) holds the 8 smallest |γ| of all 40 BN channels: the global threshold at
+  # this sparsity would empty it, so it keeps its single largest channel.
+  scales = {"generator/bn0": 1.0 + rng.rand(16), "generator/bn1": 0.01 * np.arange(1, 9),
+            "discriminator/body/bn1": -(1.0 + rng.rand(16))}   # |γ| counts, not γ
+  fam = family("dcgan")
+  params, stats = random_variables(fam)
+  for path, values in scales.items():
+    params_node = params
+    for k in path.split("/"):
+      params_node = params_node[k]
+    params_node["scale"] = jnp.asarray(values, jnp.float32)
+  groups = early_bird.channel_groups(params, fam.parts)
+  cm = early_bird.channel_masks(params, stats, groups, 0.5)
+  bn_groups = [g for g in groups if g.bn]
+  n_bn = sum(g.size for g in bn_groups)
+  all_scores = np.concatenate([np.abs(scales[g.bn]) for g in bn_groups])
+  threshold = np.sort(all_scores)[round(0.5 * n_bn)]
+  for g in bn_groups:
+    expected = np.abs(scales[g.bn]) >= threshold
+    if g.bn == "generator/bn1":
+      expected = np.arange(8) == 7
+    np.testing.assert_array_equal(np.asarray(cm[g.name]), expected, err_msg=g.name)
+  # D's conv0 (no BN) keeps the kept fraction of bn1, at least one channel.
+  d_bn1 = np.asarray(cm["discriminator/body/conv1"])
+  assert int(np.sum(cm["discriminator/body/conv0"])) == max(1, round(d_bn1.mean() * 8))
+  widths = early_bird.channel_widths(cm, groups)
+  assert widths["generator"][1] == 1 and len(widths["discriminator"]) == 2
+
+
+@pytest.mark.parametrize("name", ["dcgan", "vae"])
+def test_small_model_equals_masked_big_model_in_eval_mode(name):
+  fam = family(name)
+  params, stats = random_variables(fam)
+  groups = early_bird.channel_groups(params, fam.parts)
+  cm = early_bird.channel_masks(params, stats, groups, 0.6)
+  assert 0.5 < early_bird.channel_sparsity(cm) < 0.7
+  assert any(g.bn is None for g in groups)      # the discriminator/encoder's first conv
+  big = early_bird.mask_channels(params, cm, groups)
+  small_params, small_stats = early_bird.slice_channels(params, stats, cm, groups)
+  small = family(name, widths=early_bird.channel_widths(cm, groups))
+  chex.assert_trees_all_equal_shapes(
+      jax.eval_shape(small.init, jax.random.key(0)).params, small_params)
+  x = jnp.asarray(np.random.RandomState(2).uniform(-1, 1, (4, 16, 16, 1)), jnp.float32)
+  if name == "dcgan":
+    def forward(f, p, s):
+      images = f.generate(p, s, jax.random.key(3), 4)
+      logits = f.modules["discriminator"].apply(
+          {"params": p["discriminator"], "batch_stats": s["discriminator"]}, x, train=False)
+      return images, logits
+  else:
+    forward = lambda f, p, s: (f.reconstruct(p, s, x),)
+  out_big = jax.jit(lambda p, s: forward(fam, p, s))(big, stats)
+  out_small = jax.jit(lambda p, s: forward(small, p, s))(small_params, small_stats)
+  out_unmasked = jax.jit(lambda p, s: forward(fam, p, s))(params, stats)
+  for a, b, c in zip(out_small, out_big, out_unmasked):
+    assert float(jnp.std(b)) > 0.02       # not a trivially constant output
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # Without switching the pruned channels off the outputs differ: the test can fail.
+    assert float(jnp.max(jnp.abs(c - b))) > 1e-2
+
+
+@pytest.mark.parametrize("name", ["dcgan", "ae"])
+def test_bn_l1_pushes_every_batchnorm_scale_down(name):
+  """First Adam step moves each entry by -lr * sign(grad); a huge λ makes sign(grad) = sign(γ)."""
+  fam = family(name, bn_l1=1e4)
+  params, stats = random_variables(fam, kernel_std=0.02)
+  state = steps.TrainState(jnp.zeros((), jnp.int32), params, stats,
+                           steps.fresh_opt_state(fam, params))
+  dense = steps.dense_masks(fam, state.params, {p: True for p in fam.parts})
+  images = jnp.asarray(np.random.RandomState(0).randint(0, 256, (16, 16, 16, 1)), jnp.uint8)
+  new, _ = jax.jit(steps.multi_step(fam, 1))(state, dense, images, jax.random.key(1))
+  flat_old = dict(masks.leaves_with_paths(state.params))
+  flat_new = dict(masks.leaves_with_paths(new.params))
+  scales = [p for p in flat_old if p.endswith("/scale")]
+  assert {p.split("/")[0] for p in scales} == set(fam.parts)
+  for p in scales:
+    np.testing.assert_allclose(flat_new[p] - flat_old[p], -OPT["lr"], rtol=1e-3, err_msg=p)
+  offsets = np.concatenate([np.sign(flat_new[p.replace("scale", "bias")]
+                                    - flat_old[p.replace("scale", "bias")]) for p in scales])
+  assert (offsets > 0).any() and (offsets < 0).any()    # β is not penalised
+
+
+def test_bn_l1_rejects_unknown_parts_and_negative_weights():
+  with pytest.raises(ValueError, match="not parts"):
+    family("vae", bn_l1={"generator": 1e-4})
+  with pytest.raises(ValueError, match=">= 0"):
+    family("vae", bn_l1=-1.0)
+
+
+# ---------------------------------------------------------------------------------- binary
+@needs_fmnist
+def test_binary_smoke_run_writes_reports(tmp_path):
+  """Structured search on the AE (the cheapest family to compile); GAN/VAE pieces are above."""
+  workdir = tmp_path / "eb"
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "early_bird.py"),
+         f"--config={ROOT}/experiments/configs/ae_fmnist.py:smoke", f"--workdir={workdir}",
+         "--config.train.steps_per_call=1"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name in ("config.json", "results.csv", "summary.md", "samples_dense.png",
+               "samples_ticket.png", "search/mask.npz", "search/search.json"):
+    assert (workdir / name).exists(), name
+  with open(workdir / "search" / "search.json") as f:
+    search = json.load(f)
+  with open(workdir / "ticket" / "metrics.json") as f:
+    ticket = json.load(f)
+  assert 0 < search["eb_step"] <= 6 and search["history"][-1]["step"] == search["eb_step"]
+  assert ticket["start_step"] == search["eb_step"] and ticket["steps"] == 6 - search["eb_step"]
+  assert 0.6 < ticket["sparsity"] < 0.8
+  rows = {r["run"]: r for r in report.read_csv(workdir / "results.csv")}
+  assert set(rows) == {"dense", "eb_search", "eb_ticket", "eb_total"}
+  total = rows["eb_total"]
+  assert total["train_flops"] == pytest.approx(rows["eb_search"]["train_flops"]
+                                               + rows["eb_ticket"]["train_flops"])
+  assert total["flops_vs_dense"] == pytest.approx(total["train_flops"]
+                                                  / rows["dense"]["train_flops"])
+  assert rows["eb_ticket"]["step_flops"] < 0.5 * rows["dense"]["step_flops"]
+  summary = (workdir / "summary.md").read_text()
+  assert "| eb_ticket |" in summary and "fewer" in summary and "Ticket drawn at step" in summary

@@ -1,0 +1,354 @@
+"""Many tickets at once: sharded and stacked tickets equal each ticket trained alone.
+
+XLA_FLAGS must be set before JAX starts, so the multi-device cases run this file as a worker in
+subprocesses (``python tests/test_parallel.py <scenario> ...``) with 2 or 4 forced host devices;
+the multi-process case starts two workers joined by ``jax.distributed`` on 127.0.0.1. Workers
+save each ticket's final state as one flat vector, next to the same tickets trained alone with
+``steps.jit_multi_step`` in the same process (XLA CPU splits work by the process's device count,
+so a ticket alone on a 4-device process differs in the last bits from one on a 1-device
+process). Sequential execution must match bit for bit; vmapped convolutions and a batch split
+over the ``data`` axis reorder float sums and match within tolerance.
+"""
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lth_jax import checkpointing, configs, experiment_main, lottery, masks, parallel, pruning
+from lth_jax import steps
+from tests.conftest import fmnist_available, needs_fmnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
+STEPS = 3
+
+
+@functools.cache
+def family(name="dcgan"):
+  return steps.make_family(name, channels=1, image_size=32, width=8, z_dim=16, optimizer=OPT,
+                           batch_size=8)
+
+
+def images():
+  return jnp.asarray(np.random.RandomState(0).randint(0, 256, (64, 32, 32, 1)), jnp.uint8)
+
+
+@functools.cache
+def tickets(name, t):
+  """t tickets of ``family(name)``: seed i, sparsity 1 - 0.8**i (0 dense), run key 100 + i."""
+  fam = family(name)
+  states, tree, keys = [], [], []
+  for i in range(t):
+    state = fam.init(jax.random.key(i))
+    m = steps.dense_masks(fam, state.params, {p: True for p in fam.parts})
+    if i:
+      m = pruning.magnitude(state.params, m, 1 - 0.8 ** i)
+    states.append(state._replace(params=masks.apply(state.params, m)))
+    tree.append(m)
+    keys.append(jax.random.key(100 + i))
+  return states, tree, keys
+
+
+def flat(state) -> np.ndarray:
+  """Every leaf of a state (params, BatchNorm statistics, optimizer state, step), as one vector."""
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(state)])
+
+
+def run_alone(fam, t, until=STEPS):
+  """Reference: each ticket alone on one device, one jitted step at a time."""
+  step_fn = steps.jit_multi_step(fam, 1)
+  states, tree, keys = tickets(fam.name, t)
+  out = []
+  for s, m, k in zip(states, tree, keys):
+    s = jax.tree.map(jnp.copy, s)
+    for _ in range(until):
+      s, _ = step_fn(s, m, images(), k)
+    out.append(flat(s))
+  return out
+
+
+# ------------------------------------------------------------------------------ workers
+def _train(t, *, execution, data_parallel=1, **kwargs):
+  fam = family()
+  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(data_parallel=data_parallel),
+                                 execution=execution)
+  states, tree, keys = tickets(fam.name, t)
+  return runner, runner.train(states, tree, images(), keys, until_step=STEPS, **kwargs)
+
+
+def _batch_shapes(runner, t):
+  """Shapes of every f32 [*, 32, 32, 1] array (image batches) in the compiled program."""
+  fam = runner.family
+  states, tree, keys = tickets(fam.name, t)
+  padded = parallel.padded_count(t, runner.num_shards)
+  pad = lambda xs: list(xs) + [xs[-1]] * (padded - t)
+  args = (runner._place(runner._stack(pad(states)), parallel.P("ticket")),
+          runner._place(runner._stack(pad(tree)), parallel.P("ticket")),
+          runner._place(images(), parallel.P()),
+          runner._place(runner._stack([jax.random.key_data(k) for k in pad(keys)]),
+                        parallel.P("ticket")))
+  fn = runner._compiled(1, padded // runner.num_shards, jax.random.key_impl(keys[0]))
+  text = fn.lower(*args).compile().as_text()
+  import re  # pylint: disable=g-import-not-at-top
+  return sorted({int(b) for b in re.findall(r"f32\[(\d+),32,32,1\]", text)})
+
+
+def worker_devices(out_path):
+  """Scenarios on this process's forced host devices; writes flat states to ``out_path``."""
+  n = jax.device_count()
+  results, info = {}, {"devices": n}
+  cases = [("seq3", 3, "sequential", 1), ("vmap3", 3, "vmap", 1)] if n == 2 else \
+      [("seq3", 3, "sequential", 1), ("data2", 2, "sequential", 2)]
+  for name, t, execution, dp in cases:
+    runner, out = _train(t, execution=execution, data_parallel=dp)
+    info[name] = {"returned": len(out), "owners": runner.owners(t)}
+    for i, s in enumerate(out):
+      results[f"{name}/{i}"] = flat(s)
+    if dp > 1:
+      info[name]["batch_shapes"] = _batch_shapes(runner, t)
+    if name == "seq3":   # the same program again, with ticket 1 blown up
+      states, tree, keys = tickets("dcgan", 3)
+      bad = states[1]._replace(params=jax.tree.map(lambda x: x * np.nan, states[1].params))
+      try:
+        runner.train([states[0], bad, states[2]], tree, images(), keys, until_step=1)
+      except FloatingPointError as e:
+        info[name]["divergence"] = str(e)
+  for i, alone in enumerate(run_alone(family(), 3)):
+    results[f"alone/{i}"] = alone
+  np.savez(out_path, **results)
+  with open(out_path + ".json", "w") as f:
+    json.dump(info, f)
+
+
+def lottery_config():
+  """A tiny search: AE smoke preset, 2 seeds, the ticket branch, one level."""
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  config.lottery.levels = 1
+  config.lottery.branches = ("ticket",)
+  config.tickets.seeds = (0, 1)
+  return config
+
+
+def worker_processes(workdir, with_lottery):
+  """One of two processes (``LTH_JAX_*`` set by the test) with one device each.
+
+  3 DCGAN tickets over a mesh spanning both processes, checkpointed with Orbax and resumed;
+  then, with ``with_lottery``, the tiny lottery search in ``workdir/two``.
+  """
+  experiment_main.maybe_initialize_distributed()
+  fam = family()
+  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(), execution="sequential")
+  states, tree, keys = tickets(fam.name, 3)
+  ckpt = os.path.join(workdir, "ckpt")
+  with checkpointing.Manager(ckpt) as manager:
+    out = runner.train(states, tree, images(), keys, until_step=STEPS, boundary_every=2,
+                       on_boundary=lambda step, s: manager.save(step, {"tickets": s}))
+  with checkpointing.Manager(ckpt) as manager:
+    like = {"tickets": jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), states)}
+    restored = manager.restore(2, like=like)[0]["tickets"]
+    steps_seen = manager.all_steps()
+  resumed = runner.train(restored, tree, images(), keys, until_step=STEPS)
+  process = jax.process_index()
+  results = {f"trained/{i}": flat(s) for i, s in enumerate(out)}
+  results.update({f"resumed/{i}": flat(s) for i, s in enumerate(resumed)})
+  results.update({f"alone/{i}": alone for i, alone in enumerate(run_alone(fam, 3))})
+  np.savez(os.path.join(workdir, f"process{process}.npz"), **results)
+  with open(os.path.join(workdir, f"process{process}.json"), "w") as f:
+    json.dump({"owners": runner.owners(3), "local_devices": jax.local_device_count(),
+               "global_devices": jax.device_count(), "steps": steps_seen,
+               "restored_step": int(restored[0].step)}, f)
+  if with_lottery:
+    lottery.run(lottery_config(), os.path.join(workdir, "two"))
+
+
+# ------------------------------------------------------------------------- test helpers
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _worker(*args, devices, **env):
+  env = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0", "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": ROOT,
+         **env}
+  return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)], env=env,
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=600) -> str:
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-4000:]
+  return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers(tmp_path_factory):
+  """Starts every worker before this file's first test: they run alongside the in-process tests.
+  """
+  tmp = tmp_path_factory.mktemp("parallel")
+  with_lottery = fmnist_available()
+  port = _free_port()
+  procs = {f"d{n}": _worker("devices", tmp / f"d{n}.npz", devices=n) for n in (2, 4)}
+  procs.update({f"p{pid}": _worker("processes", tmp, int(with_lottery), devices=1,
+                                   LTH_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                                   LTH_JAX_NUM_PROCESSES="2", LTH_JAX_PROCESS_ID=str(pid))
+                for pid in (0, 1)})
+  yield tmp, procs, with_lottery
+  for proc in procs.values():
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def runs(workers):
+  """The workers' results; meanwhile this process runs the one-process search."""
+  tmp, procs, with_lottery = workers
+  if with_lottery:
+    lottery.run(lottery_config(), str(tmp / "one"))
+  results = {"dir": tmp}
+  for name, proc in procs.items():
+    results[f"out_{name}"] = _finish(proc)
+  for n in (2, 4):
+    with np.load(tmp / f"d{n}.npz") as f:
+      results.update({k.replace("alone/", f"alone{n}/").replace("seq3/", f"seq3_{n}/"): v
+                      for k, v in f.items()})
+    with open(tmp / f"d{n}.npz.json") as f:
+      results[f"info{n}"] = json.load(f)
+  return results
+
+
+# ------------------------------------------------------------------------ in-process tests
+@functools.cache
+def ae_runner():
+  """One device, sequential (one jitted program per ticket), 2 steps per call."""
+  return parallel.TicketRunner(family("ae"), mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+                               execution="sequential", steps_per_call=2)
+
+
+def test_boundaries_and_padding_bookkeeping():
+  states, tree, keys = tickets("ae", 2)
+  seen = []
+  out = ae_runner().train(states, tree, images(), keys, until_step=6, boundary_every=4,
+                          on_boundary=lambda step, s: seen.append((step, len(s), int(s[0].step))))
+  assert seen == [(4, 2, 4), (6, 2, 6)]    # calls of 2 steps; every 4th step and the end
+  assert [int(s.step) for s in out] == [6, 6]
+  # Inputs are not donated away: a ticket's starting state is still usable.
+  chex.assert_trees_all_equal(states[0].params, tickets("ae", 1)[0][0].params)
+  assert parallel.padded_count(5, 4) == 8 and parallel.padded_count(4, 4) == 4
+  assert ae_runner().owners(3) == [0, 0, 0]
+  tree_ = {"a": jnp.arange(3), "b": None}
+  chex.assert_trees_all_equal(parallel.unstack(parallel.stack([tree_, tree_]))[1], tree_)
+
+
+def test_divergence_names_the_ticket():
+  states, tree, keys = tickets("ae", 2)
+  bad = states[1]._replace(params=jax.tree.map(lambda x: x * jnp.nan, states[1].params))
+  with pytest.raises(FloatingPointError, match=r"ticket\(s\) \[1\] diverged"):
+    ae_runner().train([states[0], bad], tree, images(), keys, until_step=2)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(data_parallel=2), "must divide the device count"),
+    (dict(data_parallel=0), "must divide the device count"),
+])
+def test_bad_mesh(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    parallel.make_mesh(devices=jax.devices()[:1], **kwargs)
+
+
+def test_bad_runner_settings():
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  with pytest.raises(ValueError, match="unknown tickets.execution 'warp'"):
+    parallel.TicketRunner(family("ae"), mesh=mesh, execution="warp")
+  odd = steps.make_family("ae", channels=1, image_size=32, width=8, z_dim=16, optimizer=OPT,
+                          batch_size=7)
+  two = jax.sharding.Mesh(np.array(jax.devices()[:1] * 2).reshape(1, 2), parallel.AXES)
+  with pytest.raises(ValueError, match="train.batch_size=7 must be divisible by "
+                                       "tickets.data_parallel=2"):
+    parallel.TicketRunner(odd, mesh=two)
+  with pytest.raises(ValueError, match="needs a mesh with axes"):
+    parallel.TicketRunner(family("ae"), mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]),
+                                                               ("x",)))
+
+
+@pytest.mark.parametrize("execution,platform,expected", [
+    ("auto", "cpu", "sequential"), ("auto", "gpu", "vmap"), ("auto", "tpu", "vmap"),
+    ("vmap", "cpu", "vmap"), ("sequential", "tpu", "sequential")])
+def test_resolve_execution(execution, platform, expected):
+  assert parallel.resolve_execution(execution, platform) == expected
+
+
+# ------------------------------------------------------------- tests on the workers' results
+def test_sequential_tickets_are_bit_identical_to_each_alone(runs):
+  # 3 tickets padded to 4: blocks of 2 on 2 devices, of 1 on 4 devices.
+  for n in (2, 4):
+    info = runs[f"info{n}"]["seq3"]
+    assert info["returned"] == 3 and info["owners"] == [0, 0, 0]
+    assert info["divergence"] == "ticket(s) [1] diverged: NaN/Inf loss or params after step 1"
+    for i in range(3):
+      np.testing.assert_array_equal(runs[f"seq3_{n}/{i}"], runs[f"alone{n}/{i}"],
+                                    f"{n} devices, ticket {i}")
+
+
+def test_vmapped_tickets_match_each_alone(runs):
+  for i in range(3):
+    np.testing.assert_allclose(runs[f"vmap3/{i}"], runs[f"alone2/{i}"], rtol=1e-4, atol=1e-5)
+
+
+def test_data_axis_splits_each_batch_and_matches(runs):
+  # 4 devices = 2 tickets x 2 data shards: the real batch of 8 is split into 4 + 4.
+  assert 4 in runs["info4"]["data2"]["batch_shapes"]
+  for i in range(2):
+    np.testing.assert_allclose(runs[f"data2/{i}"], runs[f"alone4/{i}"], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_split_tickets_checkpoint_and_resume(runs):
+  infos = []
+  for pid in (0, 1):
+    with open(runs["dir"] / f"process{pid}.json") as f:
+      infos.append(json.load(f))
+    with np.load(runs["dir"] / f"process{pid}.npz") as f:
+      for i in range(3):   # every process gets every ticket back, equal to the ticket alone
+        np.testing.assert_array_equal(f[f"trained/{i}"], f[f"alone/{i}"])
+        np.testing.assert_array_equal(f[f"resumed/{i}"], f[f"alone/{i}"])
+  assert infos[0]["owners"] == infos[1]["owners"] == [0, 0, 1]
+  assert infos[0]["global_devices"] == 2 and infos[0]["local_devices"] == 1
+  assert infos[0]["steps"] == [2, 3] and infos[0]["restored_step"] == 2
+
+
+@needs_fmnist
+def test_two_process_lottery_search_equals_one_process(runs):
+  one, two = runs["dir"] / "one", runs["dir"] / "two"
+  # Only process 0 writes the reports (and prints the summary).
+  assert "Lottery ticket search" in runs["out_p0"]
+  assert "Lottery ticket search" not in runs["out_p1"]
+  assert (two / "summary.md").exists()
+  names = sorted(os.path.relpath(d, one) for d in one.glob("level_*/*_seed*"))
+  assert len(names) == 2 + 2
+  for name in names:   # same masks and metrics, though trained and evaluated by two processes
+    with open(one / name / "metrics.json") as f:
+      a = json.load(f)
+    with open(two / name / "metrics.json") as f:
+      b = json.load(f)
+    del a["group_train_seconds"], b["group_train_seconds"]
+    assert a == b, name
+    chex.assert_trees_all_equal(masks.load(one / name / "masks.npz"),
+                                masks.load(two / name / "masks.npz"))
+
+
+if __name__ == "__main__":
+  jax.config.update("jax_threefry_partitionable", False)
+  if sys.argv[1] == "devices":
+    worker_devices(sys.argv[2])
+  else:
+    worker_processes(sys.argv[2], bool(int(sys.argv[3])))
