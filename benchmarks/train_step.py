@@ -32,7 +32,7 @@ PyTorch's OpenMP threads spin-wait; on a machine shared with other jobs this mak
 2-thread runs very slow. ``OMP_WAIT_POLICY=PASSIVE`` (set in the environment, before the
 run) is the fair setting there.
 
-Run (5-10 minutes on 2 cores, depending on load; ``--quick``: about one minute)::
+Run (3-10 minutes on 2 cores, depending on load; ``--quick``: 0.5-2 minutes)::
 
   .venv/bin/python benchmarks/train_step.py
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_step.py
@@ -125,8 +125,7 @@ class JaxRunner:
     self.run(2 * steps_per_call)
 
   def run(self, n_steps: int) -> tuple[float, float]:
-    """(wall, process CPU) seconds per step over ``n_steps`` steps (whole calls), after one
-    untimed call."""
+    """(wall, process CPU) seconds per step over ``n_steps`` (whole calls), after a warm call."""
     self.state, metrics = self.fn(self.state, self.masks, self.images, self.key)
     jax.block_until_ready((self.state, metrics))
     calls = -(-n_steps // self.spc)
