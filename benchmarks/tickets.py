@@ -18,7 +18,8 @@ one subprocess per device count (the flag must be set before JAX starts). Forced
 the machine's cores: on a 2-core machine 4 "devices" are not 4x the compute, they only change
 how XLA splits the work into threads. The machine's load average is printed with the results.
 
-Run (10-15 minutes on 2 cores; ``--quick``: T = 1, 4 on 1, 2 devices, about 3 minutes)::
+Run (15-25 minutes on 2 cores, the vmapped T = 8 rows dominate; ``--quick``: T = 1, 4 on 1, 2
+devices, about 5 minutes; ``--devices=4``: one device count)::
 
   .venv/bin/python benchmarks/tickets.py
   .venv/bin/python benchmarks/tickets.py --quick
@@ -83,10 +84,13 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--steps", type=int, default=5, help="steps per timing")
   parser.add_argument("--repeats", type=int, default=3, help="timings per configuration")
+  parser.add_argument("--devices", default="",
+                      help="comma-separated device counts (default 1,2,4; --quick 1,2)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   tickets = [1, 4] if args.quick else [1, 2, 4, 8]
-  device_counts = [1, 2] if args.quick else [1, 2, 4]
+  device_counts = [int(n) for n in args.devices.split(",")] if args.devices else (
+      [1, 2] if args.quick else [1, 2, 4])
   executions = ["sequential", "vmap"]
   if args.child:
     child(tickets, executions, args.steps, args.repeats)
@@ -109,8 +113,8 @@ def main() -> None:
                 f"{1000 * r['step_s']:.0f} ms/step", flush=True)
     if proc.returncode:
       sys.exit(f"child with {n} devices failed (exit {proc.returncode})")
-  base = next(r["step_s"] for r in rows if r["devices"] == 1 and r["tickets"] == 1
-              and r["execution"] == "sequential")
+  base = next((r["step_s"] for r in rows if r["devices"] == 1 and r["tickets"] == 1
+               and r["execution"] == "sequential"), float("nan"))   # nan: 1 device not run
   print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
   print("\n| devices | execution | T | ms / group step | CPU/wall | ticket throughput vs 1 ticket "
         f"on 1 device | DCGAN tickets / hour ({HORIZON} steps) |")

@@ -162,8 +162,8 @@ class TicketRunner:
   def _compiled(self, n: int, block: int, impl) -> Callable:
     """Jitted ``(states, masks, images, key_data) -> (states, metrics)`` over stacked tickets.
 
-    Metrics come back gathered over the ticket axis (replicated), so every process can read
-    every ticket's ``finite`` flag.
+    With ``data`` of size 1 the program has no collective at all: tickets are independent (and
+    XLA CPU's forced host devices can deadlock in collectives when they outnumber its threads).
     """
     key = (n, block, str(impl))
     if key in self._fns:
@@ -183,7 +183,6 @@ class TicketRunner:
                           fence(jax.tree.map(lambda x, i=i: x[i], masks)), images, keys[i]))
                 for i in range(block)]
         states, metrics = stack([o[0] for o in outs]), stack([o[1] for o in outs])
-      metrics = jax.tree.map(lambda m: jax.lax.all_gather(m, "ticket", tiled=True), metrics)
       return states, metrics
 
     # 'data' is left to the compiler only when it splits batches: a size-1 automatic axis
@@ -191,7 +190,8 @@ class TicketRunner:
     manual = {"ticket"} if self.mesh.shape["data"] > 1 else set(AXES)
     sharded = jax.shard_map(block_fn, mesh=self.mesh,
                             in_specs=(P("ticket"), P("ticket"), P(), P("ticket")),
-                            out_specs=(P("ticket"), P()), axis_names=manual, check_vma=False)
+                            out_specs=(P("ticket"), P("ticket")), axis_names=manual,
+                            check_vma=False)
     fn = jax.jit(sharded, donate_argnums=0)
     self._fns[key] = fn
     return fn
@@ -214,14 +214,14 @@ class TicketRunner:
 
     return jax.tree.map(global_array, tree)
 
-  def _gather(self, stacked: PyTree) -> list[PyTree]:
-    """Per-ticket host (NumPy) trees of every ticket, on every process."""
+  def _to_host(self, stacked: PyTree) -> PyTree:
+    """A ticket-sharded tree as host (NumPy) arrays of every ticket, on every process."""
     if self.multiprocess:
       if "replicate" not in self._fns:
         self._fns["replicate"] = jax.jit(lambda tree: tree,
                                          out_shardings=NamedSharding(self.mesh, P()))
       stacked = self._fns["replicate"](stacked)
-    return unstack(jax.device_get(stacked))
+    return jax.device_get(stacked)
 
   def train(self, states: list[steps_lib.TrainState], masks: list[PyTree], images: jax.Array,
             run_keys: list[jax.Array], *, until_step: int,
@@ -270,16 +270,16 @@ class TicketRunner:
         n = min(n, boundary_every - step % boundary_every)
       fn = self._compiled(n, padded // self.num_shards, impl)
       stacked, metrics = fn(stacked, stacked_masks, images, keys)
-      finite = np.asarray(jax.device_get(metrics["finite"]))[:t]
+      finite = np.asarray(self._to_host(metrics["finite"]))[:t]
       step += n
       if not finite.all():
         raise FloatingPointError(f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: "
                                  f"NaN/Inf loss or params after step {step}")
       if on_boundary is not None and (step == until_step or (
           boundary_every and step % boundary_every == 0)):
-        on_boundary(step, self._gather(stacked)[:t])
+        on_boundary(step, unstack(self._to_host(stacked))[:t])
     if self.multiprocess:
-      return self._gather(stacked)[:t]
+      return unstack(self._to_host(stacked))[:t]
     return unstack(stacked)[:t]
 
   def _train_loop(self, states, masks, images, run_keys, step, until_step, on_boundary,

@@ -12,6 +12,7 @@ over the ``data`` axis reorder float sums and match within tolerance.
 import functools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -97,7 +98,6 @@ def _batch_shapes(runner, t):
                         parallel.P("ticket")))
   fn = runner._compiled(1, padded // runner.num_shards, jax.random.key_impl(keys[0]))
   text = fn.lower(*args).compile().as_text()
-  import re  # pylint: disable=g-import-not-at-top
   return sorted({int(b) for b in re.findall(r"f32\[(\d+),32,32,1\]", text)})
 
 
