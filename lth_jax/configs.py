@@ -87,6 +87,7 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist",
   c.early_bird = ml_collections.ConfigDict(dict(
       kind="structured",               # or 'unstructured'
       sparsity=0.7,                    # channel (structured) or weight fraction to prune
+      part_sparsity="",                # per part, e.g. 'generator=0.6,discriminator=0.85'
       interval=50,                     # steps between mask checks
       window=5,                        # masks compared (You et al.: the last 5)
       epsilon=0.1,                     # drawn when all their distances to the newest are <= this
@@ -94,7 +95,9 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist",
       max_search_steps=0,              # 0 = train.steps; no draw by then: the newest mask
       ticket_steps=0,                  # 0 = train.steps - drawn step (same total as dense)
       rewind=False,                    # True: the ticket starts from the initial weights
-      dense_baseline=True))            # also train the dense model for the comparison
+      dense_baseline=True,             # also train the dense model for the comparison
+      scratch_baseline=False,          # also train the ticket's architecture from a new init
+      imp_levels=0))                   # > 0: also run IMP (lottery section) for this many levels
 
   c.transfer = ml_collections.ConfigDict(dict(
       direction="vae_to_gan",          # or 'gan_to_vae'

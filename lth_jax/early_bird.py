@@ -44,7 +44,7 @@ import collections
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -56,6 +56,7 @@ from absl import logging
 from lth_jax import checkpointing
 from lth_jax import evaluation
 from lth_jax import flops
+from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import report
@@ -175,12 +176,50 @@ def _elapsed(start: tuple[float, float]) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------- unstructured tickets
-def magnitude_masks(params: PyTree, masks: PyTree, sparsity: float, *,
+def magnitude_masks(params: PyTree, masks: PyTree, sparsity, *,
                     scope: str = "global") -> PyTree:
-  """The mask keeping the largest ``|w|`` of the prunable leaves at ``sparsity`` (pruned share)."""
+  """The mask keeping the largest ``|w|`` of the prunable leaves at ``sparsity`` (pruned share).
+
+  ``sparsity``: one fraction, or ``{part: fraction}`` (each top-level part pruned on its own;
+  parts not named keep their masks).
+  """
   scores = jax.tree.map(lambda m, p: None if m is None else jnp.abs(p), masks, params,
                         is_leaf=lambda x: x is None)
-  return pruning.to_sparsity(scores, masks, sparsity, scope=scope)
+  if not isinstance(sparsity, Mapping):
+    return pruning.to_sparsity(scores, masks, sparsity, scope=scope)
+  return {part: (pruning.to_sparsity(scores[part], masks[part], sparsity[part], scope=scope)
+                 if part in sparsity else masks[part]) for part in masks}
+
+
+def part_sparsity(early_bird: ml_collections.ConfigDict, parts) -> float | dict[str, float]:
+  """The target of the search: ``early_bird.sparsity``, or per part when
+  ``early_bird.part_sparsity`` (``'generator=0.6,discriminator=0.85'``) names parts (the parts
+  it does not name get ``early_bird.sparsity``).
+
+  Raises:
+    ValueError: a malformed entry, an unknown or unpruned part, or a fraction outside (0, 1).
+  """
+  text = early_bird.part_sparsity.strip()
+  if not text:
+    return float(early_bird.sparsity)
+  out = {part: float(early_bird.sparsity) for part in parts}
+  for entry in text.split(","):
+    name, sep, value = entry.partition("=")
+    name = name.strip()
+    try:
+      fraction = float(value)
+    except ValueError:
+      fraction = None
+    if not sep or fraction is None:
+      raise ValueError(f"early_bird.part_sparsity entry {entry!r} is not 'part=fraction' (e.g. "
+                       f"'generator=0.6,discriminator=0.85')")
+    if name not in out:
+      raise ValueError(f"early_bird.part_sparsity names {name!r}, which is not a pruned part "
+                       f"(pruned parts: {sorted(parts)})")
+    if not 0.0 < fraction < 1.0:
+      raise ValueError(f"early_bird.part_sparsity of {name!r} must be in (0, 1), got {fraction}")
+    out[name] = fraction
+  return out
 
 
 # ----------------------------------------------------------------------- structured tickets
@@ -245,6 +284,10 @@ def channel_groups(params: PyTree, parts) -> list[ChannelGroup]:
   return groups
 
 
+def _part(group: ChannelGroup) -> str:
+  return group.name.split("/", 1)[0]
+
+
 def _top_k(score: jax.Array, k) -> jax.Array:
   """Bool mask of the ``k`` highest scores (ties: the lower index wins); ``k`` may be traced."""
   order = jnp.argsort(-score, stable=True)
@@ -257,8 +300,8 @@ def channel_masks(params: PyTree, batch_stats: PyTree, groups: list[ChannelGroup
   """Network-slimming channel masks: ``{group name: bool [channels]}`` (True = kept).
 
   BatchNorm groups: the ``round(sparsity * n)`` smallest ``|γ|`` of all their ``n`` channels are
-  pruned with one global threshold (``scope='layerwise'``: per layer); a layer left empty keeps
-  its largest ``|γ|``. A group without BatchNorm keeps the kept fraction of the BatchNorm group it
+  pruned with one global threshold (``scope='layerwise'``: per layer; ``sparsity`` a mapping
+  ``{part: fraction}``: one threshold per part); a layer left empty keeps its largest ``|γ|``. A group without BatchNorm keeps the kept fraction of the BatchNorm group it
   feeds, ranked by its BN-scaled outgoing weights (module docstring); with no such group it is
   kept whole. Pure jnp (jit-able; ``sparsity`` may be traced).
   """
@@ -267,8 +310,19 @@ def channel_masks(params: PyTree, batch_stats: PyTree, groups: list[ChannelGroup
     raise ValueError("no BatchNorm channels to score: structured early-bird needs BatchNorm layers "
                      "in the pruned parts")
   scores = {g.name: jnp.abs(_get(params, g.bn + "/scale")) for g in bn_groups}
-  kept = pruning.to_sparsity(scores, {g.name: jnp.ones(g.size, bool) for g in bn_groups},
-                             sparsity, scope=scope)
+  if isinstance(sparsity, Mapping):
+    missing = sorted({_part(g) for g in bn_groups} - set(sparsity))
+    if missing:
+      raise ValueError(f"no sparsity for the pruned part(s) {missing} in {dict(sparsity)}")
+    pools = [([g for g in bn_groups if _part(g) == part], fraction)
+             for part, fraction in sparsity.items()]
+  else:
+    pools = [(bn_groups, sparsity)]
+  kept = {}
+  for pool, fraction in pools:
+    kept.update(pruning.to_sparsity({g.name: scores[g.name] for g in pool},
+                                    {g.name: jnp.ones(g.size, bool) for g in pool},
+                                    fraction, scope=scope))
   out = {}
   for g in groups:
     if g.bn is not None:
@@ -340,7 +394,7 @@ def channel_widths(cmasks: dict, groups: list[ChannelGroup]) -> dict[str, tuple[
   """``{part: hidden widths in layer order}`` for ``steps.make_family(widths=...)``."""
   widths: dict[str, list[int]] = {}
   for g in groups:
-    widths.setdefault(g.name.split("/", 1)[0], []).append(int(np.sum(np.asarray(cmasks[g.name]))))
+    widths.setdefault(_part(g), []).append(int(np.sum(np.asarray(cmasks[g.name]))))
   return {part: tuple(w) for part, w in widths.items()}
 
 
@@ -377,6 +431,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"unknown prune.scope {config.prune.scope!r}; expected {pruning.SCOPES}")
   if not any(config.prune.parts.values()):
     raise ValueError(f"prune.parts switches every part off: {dict(config.prune.parts)}")
+  part_sparsity(eb, [p for p, on in config.prune.parts.items() if on])
+  if eb.imp_levels < 0:
+    raise ValueError(f"early_bird.imp_levels must be >= 0, got {eb.imp_levels}")
 
 
 def _timed_train(family, state, masks, images, *, run_key, until_step, steps_per_call,
@@ -404,8 +461,8 @@ class _Run:
     training.prepare_workdir(workdir, config)
     self.family = training.family_from_config(config)
     self.train_split, self.test_split = training.load_data(config)
-    init_key, self.run_key = jax.random.split(jax.random.key(config.seed))
-    self.theta_0 = self.family.init(init_key)
+    self.init_key, self.run_key = jax.random.split(jax.random.key(config.seed))
+    self.theta_0 = self.family.init(self.init_key)
     self.pruned_parts = tuple(p for p in self.family.parts if config.prune.parts.get(p, False))
     self.is_main = jax.process_index() == 0
     self.writer = report.MetricWriter(workdir, enabled=self.is_main)
@@ -475,7 +532,7 @@ class _Run:
         self.config, bn_l1={p: self.eb.bn_l1 for p in self.pruned_parts})
 
   def _mask_fn(self):
-    scope, sparsity = self.config.prune.scope, self.eb.sparsity
+    scope, sparsity = self.config.prune.scope, part_sparsity(self.eb, self.pruned_parts)
     if self.structured:
       groups = self.groups
       return jax.jit(lambda s: channel_masks(s.params, s.batch_stats, groups, sparsity,
@@ -554,8 +611,53 @@ class _Run:
     self._write_json(done, row)
     return row
 
+  def scratch(self, search_row: dict, mask, drawn: steps_lib.TrainState) -> dict:
+    """The ticket's architecture (its widths, or its mask) from a new random init, trained for
+    ``train.steps`` from step 0 with a fresh optimizer: does the search pick more than a size?"""
+    done = self.path("scratch", "metrics.json")
+    if os.path.exists(done):
+      return self._read_json(done)
+    family, _, masks, info, cost_masks = self._ticket_start(mask, drawn)
+    fresh = family.init(jax.random.fold_in(self.init_key, 1))   # independent of θ₀
+    if not self.structured:
+      fresh = steps_lib.TrainState(fresh.step, masks_lib.apply(fresh.params, masks),
+                                   fresh.batch_stats,
+                                   steps_lib.mask_opt_state(family, fresh.opt_state, masks))
+    steps = self.config.train.steps
+    state, timing = _timed_train(
+        family, fresh, masks, self.train_split.images, run_key=self.run_key, until_step=steps,
+        steps_per_call=self.config.train.steps_per_call, writer=self.writer,
+        log_every=self.config.train.log_every, run="scratch")
+    cost = self._cost(family, cost_masks)
+    row = {"run": "scratch", "steps": steps, **info, **cost,
+           "train_flops": steps * cost["step_flops"], **timing}
+    row = self._finish(family, state, row, "samples_scratch.png")
+    self._write_json(done, row)
+    return row
 
-def _total_row(search_row: dict, ticket_row: dict, dense_row: dict | None, metric: str) -> dict:
+  def imp(self) -> dict:
+    """IMP (the ``lottery`` section, ticket branch only) for ``early_bird.imp_levels`` levels in
+    ``imp/``: its training wall-clock and FLOPs summed over every level (masked kernels run dense,
+    so each step costs a dense step), and its last ticket's metric."""
+    done = self.path("imp", "metrics.json")
+    if os.path.exists(done):
+      return self._read_json(done)
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.lottery.update(levels=self.eb.imp_levels, branches=("ticket",))
+    config.tickets.seeds = (config.seed,)
+    rows = lottery.run(config, self.path("imp"))
+    rewind = lottery.validate(config, num_train=len(self.train_split.labels))
+    steps = config.train.steps + config.lottery.levels * (config.train.steps - rewind)
+    last = max(rows, key=lambda r: r["level"])
+    seconds = sum(r["group_train_seconds"] for r in rows)
+    row = {"run": "imp", "steps": steps, "levels": config.lottery.levels,
+           "sparsity": last["sparsity"], "train_flops": steps * flops.train_step(self.family),
+           "train_seconds": seconds, self.metric: last[self.metric]}
+    self._write_json(done, row)
+    return row
+
+
+def _total_row(search_row: dict, ticket_row: dict) -> dict:
   row = {"run": "eb_total", "steps": search_row["steps"] + ticket_row["steps"],
          "eb_step": search_row["eb_step"], "sparsity": ticket_row["sparsity"],
          "params": ticket_row["params"], "sample_flops": ticket_row["sample_flops"],
@@ -567,11 +669,16 @@ def _total_row(search_row: dict, ticket_row: dict, dense_row: dict | None, metri
     if key not in row and key not in ("run", "start_step", "widths", "forward_flops",
                                       "step_flops"):
       row[key] = value
-  if dense_row is not None:
-    row["flops_vs_dense"] = row["train_flops"] / dense_row["train_flops"]
-    row["seconds_vs_dense"] = row["train_seconds"] / dense_row["train_seconds"]
-    row["cpu_seconds_vs_dense"] = row["train_cpu_seconds"] / dense_row["train_cpu_seconds"]
-    row["metric_vs_dense"] = row[metric] / dense_row[metric]
+  return row
+
+
+def _with_ratios(row: dict, dense_row: dict, metric: str) -> dict:
+  """``row`` plus its training FLOPs, seconds, CPU seconds and metric as ratios to dense's."""
+  row = dict(row)
+  for key, ratio in (("train_flops", "flops_vs_dense"), ("train_seconds", "seconds_vs_dense"),
+                     ("train_cpu_seconds", "cpu_seconds_vs_dense"), (metric, "metric_vs_dense")):
+    if key in row:
+      row[ratio] = row[key] / dense_row[key]
   return row
 
 
@@ -579,7 +686,8 @@ def write_reports(workdir: str, rows: list[dict], metric: str, *, kind: str) -> 
   """``results.csv`` and ``summary.md`` (Markdown table and ratios); returns the summary."""
   report.write_csv(rows, os.path.join(workdir, "results.csv"))
   columns = ["run", "steps", "sparsity", "widths", "params", "sample_flops", "step_flops",
-             "train_flops", "train_seconds", "train_cpu_seconds", metric]
+             "train_flops", "train_seconds", "train_cpu_seconds", metric, "flops_vs_dense",
+             "seconds_vs_dense", "metric_vs_dense"]
   search_row = next(r for r in rows if r["run"] == "eb_search")
   total = next(r for r in rows if r["run"] == "eb_total")
   drawn = ("drawn at step" if search_row["drawn"] else "NOT drawn (newest mask used) at step")
@@ -596,6 +704,17 @@ def write_reports(workdir: str, rows: list[dict], metric: str, *, kind: str) -> 
               f"({100 * (1 - total['flops_vs_dense']):.1f}% fewer), wall-clock "
               f"x{total['seconds_vs_dense']:.3f} (CPU time x{total['cpu_seconds_vs_dense']:.3f}), "
               f"{metric} x{total['metric_vs_dense']:.3f}.", ""]
+  by_run = {r["run"]: r for r in rows}
+  if "scratch" in by_run and metric in total:
+    scratch = by_run["scratch"]
+    lines += [f"The ticket's architecture from a new init, {scratch['steps']} steps: {metric} "
+              f"{scratch[metric]:.4g} (early-bird ticket {total[metric]:.4g}).", ""]
+  if "imp" in by_run and metric in total:
+    imp = by_run["imp"]
+    lines += [f"IMP to level {imp['levels']}, sparsity {imp['sparsity']:.3f}: "
+              f"{imp['train_seconds']:.4g} s of training ({imp['train_seconds'] / total['train_seconds']:.2f}x "
+              f"the early-bird search + ticket), {imp['train_flops']:.4g} training FLOPs, {metric} "
+              f"{imp[metric]:.4g}.", ""]
   summary = "\n".join(lines)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(summary)
@@ -609,17 +728,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   the search's ``mask.npz`` and ``drawn_state``), ``samples_dense.png``,
   ``samples_ticket.png``, ``metrics.jsonl`` + TensorBoard, ``results.csv`` and ``summary.md``.
 
+  With ``early_bird.scratch_baseline``, ``scratch/`` (and ``samples_scratch.png``); with
+  ``early_bird.imp_levels``, ``imp/`` (a lottery search workdir).
+
   Returns:
     The result rows: ``dense`` (when ``early_bird.dense_baseline``), ``eb_search``,
-    ``eb_ticket`` and ``eb_total`` (search + ticket, with ratios to dense).
+    ``eb_ticket``, ``eb_total`` (search + ticket), then ``scratch`` and ``imp`` when asked for;
+    with a dense row, every row after it carries its ratios to dense.
   """
+  eb = config.early_bird
   eb_run = _Run(config, workdir)
-  dense_row = eb_run.dense() if config.early_bird.dense_baseline else None
+  dense_row = eb_run.dense() if eb.dense_baseline else None
   search_row, mask, drawn = eb_run.search()
   ticket_row = eb_run.ticket(search_row, mask, drawn)
+  extra = [eb_run.scratch(search_row, mask, drawn)] if eb.scratch_baseline else []
+  extra += [eb_run.imp()] if eb.imp_levels else []
   search_row = {k: v for k, v in search_row.items() if k != "history"}
-  rows = ([dense_row] if dense_row else []) + [
-      search_row, ticket_row, _total_row(search_row, ticket_row, dense_row, eb_run.metric)]
+  rows = [search_row, ticket_row, _total_row(search_row, ticket_row), *extra]
+  if dense_row:
+    rows = [dense_row] + [_with_ratios(r, dense_row, eb_run.metric) for r in rows]
   if eb_run.is_main:
     print(write_reports(workdir, rows, eb_run.metric, kind=config.early_bird.kind))
     print(f"samples and tables in {os.path.abspath(workdir)}")

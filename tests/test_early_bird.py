@@ -170,6 +170,58 @@ def test_channel_masks_use_one_global_threshold_and_keep_a_channel_per_layer():
   assert widths["generator"][1] == 1 and len(widths["discriminator"]) == 2
 
 
+def test_channel_masks_per_part_prune_each_part_to_its_own_fraction():
+  fam = family("dcgan")
+  params, stats = random_variables(fam)
+  groups = early_bird.channel_groups(params, fam.parts)
+  cm = early_bird.channel_masks(params, stats, groups, {"generator": 0.25, "discriminator": 0.75})
+  for part, fraction in (("generator", 0.25), ("discriminator", 0.75)):
+    bn = [g for g in groups if g.bn and g.name.startswith(part)]
+    pruned = sum(int(np.sum(~np.asarray(cm[g.name]))) for g in bn)
+    assert pruned == round(fraction * sum(g.size for g in bn)), part
+    kept_min = min(float(np.abs(params_at(params, g.bn)["scale"])[np.asarray(cm[g.name])].min())
+                   for g in bn)
+    pruned_max = max((float(np.abs(params_at(params, g.bn)["scale"])[~np.asarray(cm[g.name])]
+                            .max()) for g in bn if not np.all(cm[g.name])), default=-1.0)
+    assert kept_min >= pruned_max, part      # one threshold within each part
+  with pytest.raises(ValueError, match="no sparsity for the pruned part"):
+    early_bird.channel_masks(params, stats, groups, {"generator": 0.5})
+
+
+def params_at(params, path):
+  for key in path.split("/"):
+    params = params[key]
+  return params
+
+
+def test_magnitude_masks_per_part_leave_other_parts_alone():
+  rng = np.random.RandomState(0)
+  params = {"g": {"kernel": jnp.asarray(rng.normal(size=(10, 10)))},
+            "d": {"kernel": jnp.asarray(rng.normal(size=(10, 10)))}}
+  m = early_bird.magnitude_masks(params, masks.init(params), {"g": 0.3})
+  assert float(masks.sparsity(m["g"])) == pytest.approx(0.3)
+  assert bool(np.all(m["d"]["kernel"]))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", 0.7), ("generator=0.6", {"generator": 0.6, "discriminator": 0.7}),
+    (" generator = 0.6 , discriminator=0.9", {"generator": 0.6, "discriminator": 0.9})])
+def test_part_sparsity_parses_the_config(text, expected):
+  config = configs.get_config("dcgan", "fashion_mnist", "smoke")
+  config.early_bird.update(sparsity=0.7, part_sparsity=text)
+  assert early_bird.part_sparsity(config.early_bird, ["generator", "discriminator"]) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("generator:0.6", "is not 'part=fraction'"), ("encoder=0.5", "not a pruned part"),
+    ("generator=1.5", "must be in \\(0, 1\\)"), ("generator=x", "is not 'part=fraction'")])
+def test_part_sparsity_names_the_bad_entry(text, message):
+  config = configs.get_config("dcgan", "fashion_mnist", "smoke")
+  config.early_bird.part_sparsity = text
+  with pytest.raises(ValueError, match=message):
+    early_bird.validate(config)
+
+
 @pytest.mark.parametrize("name", ["dcgan", "vae"])
 def test_small_model_equals_masked_big_model_in_eval_mode(name):
   fam = family(name)
@@ -237,7 +289,8 @@ def test_binary_smoke_run_writes_reports(tmp_path):
   workdir = tmp_path / "eb"
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "early_bird.py"),
          f"--config={ROOT}/experiments/configs/ae_fmnist.py:smoke", f"--workdir={workdir}",
-         "--config.train.steps_per_call=1"]
+         "--config.train.steps_per_call=1", "--config.early_bird.scratch_baseline=True",
+         "--config.early_bird.imp_levels=1"]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"})
   assert out.returncode == 0, out.stderr[-3000:]
@@ -252,12 +305,22 @@ def test_binary_smoke_run_writes_reports(tmp_path):
   assert ticket["start_step"] == search["eb_step"] and ticket["steps"] == 6 - search["eb_step"]
   assert 0.6 < ticket["sparsity"] < 0.8
   rows = {r["run"]: r for r in report.read_csv(workdir / "results.csv")}
-  assert set(rows) == {"dense", "eb_search", "eb_ticket", "eb_total"}
+  assert set(rows) == {"dense", "eb_search", "eb_ticket", "eb_total", "scratch", "imp"}
   total = rows["eb_total"]
   assert total["train_flops"] == pytest.approx(rows["eb_search"]["train_flops"]
                                                + rows["eb_ticket"]["train_flops"])
   assert total["flops_vs_dense"] == pytest.approx(total["train_flops"]
                                                   / rows["dense"]["train_flops"])
   assert rows["eb_ticket"]["step_flops"] < 0.5 * rows["dense"]["step_flops"]
+  # The ticket's widths from a new init, trained for all steps; IMP: dense + 1 level.
+  assert rows["scratch"]["steps"] == 6 and rows["scratch"]["widths"] == rows["eb_ticket"]["widths"]
+  assert rows["scratch"]["step_flops"] == rows["eb_ticket"]["step_flops"]
+  assert (workdir / "samples_scratch.png").exists() and (workdir / "imp" / "level_01").is_dir()
+  imp = rows["imp"]
+  assert imp["levels"] == 1 and imp["sparsity"] == pytest.approx(0.2, abs=0.01)
+  assert imp["steps"] == 6 + (6 - 2)                # rewind to step 2 (smoke preset)
+  assert imp["train_flops"] == pytest.approx(imp["steps"] * rows["dense"]["step_flops"])
+  assert imp["metric_vs_dense"] == pytest.approx(imp["recon_mse"] / rows["dense"]["recon_mse"])
   summary = (workdir / "summary.md").read_text()
   assert "| eb_ticket |" in summary and "fewer" in summary and "Ticket drawn at step" in summary
+  assert "new init" in summary and "IMP to level 1, sparsity" in summary
