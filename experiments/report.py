@@ -2,7 +2,6 @@ r"""Rebuilds a lottery search's reports (CSV, plot, Markdown summary) from its s
 
   python experiments/report.py --workdir=/tmp/lt_dcgan
 """
-import json
 import os
 import sys
 

@@ -34,8 +34,14 @@ ReLU / LeakyReLU keep it 0.
 ``run(config, workdir)`` trains the dense baseline, runs the search, trains the ticket (from the
 drawn weights, or rewound to the initial weights with ``early_bird.rewind``; a fresh optimizer
 for a sliced model, the masked optimizer state otherwise) to the same total step count, evaluates
-both and reports analytic FLOPs (:mod:`lth_jax.flops`) and measured wall-clock. Each stage writes
-its outputs and skips itself when they exist.
+both and reports analytic FLOPs (:mod:`lth_jax.flops`) and measured wall-clock; optionally also the
+ticket's architecture trained from a new init (``early_bird.scratch_baseline``: does the search
+find more than a size?) and IMP to a given level (``early_bird.imp_levels``). Every stage runs
+all ``tickets.seeds`` as groups of same-shaped tickets through
+:class:`lth_jax.parallel.TicketRunner` (sharded over the mesh's devices and processes), and the
+reports add mean ± std over seeds. Each stage writes its outputs per seed and skips the seeds
+whose outputs exist. ``early_bird.part_sparsity`` sets a channel fraction per network (e.g. a
+DCGAN's discriminator costs 3 forward passes per step and can be pruned harder).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from lth_jax import evaluation
 from lth_jax import flops
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
+from lth_jax import parallel
 from lth_jax import pruning
 from lth_jax import report
 from lth_jax import steps as steps_lib
@@ -119,50 +126,71 @@ class SearchResult(NamedTuple):
   drawn: bool                   # False: max_steps reached first; ``mask`` is the newest mask
   mask: PyTree
   history: list[dict]
-  seconds: float                # wall-clock of the search (compilation included)
-  cpu_seconds: float            # CPU time of this process (all threads) during the search
+  seconds: float                # this ticket's share of the search's wall-clock (compilation
+  cpu_seconds: float            # included) and of the process's CPU time (all threads)
 
 
-def search(family: steps_lib.Family, state: steps_lib.TrainState, masks: PyTree,
-           images: jax.Array, *, run_key: jax.Array, mask_fn: Callable[..., PyTree],
-           detector: Detector, interval: int, max_steps: int, steps_per_call: int,
-           writer: report.MetricWriter | None = None) -> SearchResult:
-  """Dense training in chunks of ``interval`` steps until the detector draws the ticket.
+TrainGroup = Callable[[list[int], list[steps_lib.TrainState], int], list[steps_lib.TrainState]]
+
+
+def search(train_group: TrainGroup, states: list[steps_lib.TrainState], *,
+           mask_fn: Callable[..., PyTree], detectors: list[Detector], interval: int,
+           max_steps: int, writer: report.MetricWriter | None = None,
+           names: list[str] | None = None) -> list[SearchResult]:
+  """Dense training of T tickets in chunks of ``interval`` steps until each one's ticket is drawn.
+
+  The tickets not drawn yet train together (one group, e.g. through
+  :class:`lth_jax.parallel.TicketRunner`); a ticket leaves the group at its draw. Each chunk's
+  wall-clock and CPU time are split evenly over the tickets that trained in it.
 
   Args:
-    family, state, masks, images, run_key, steps_per_call: as :func:`lth_jax.training.train`
-      (``state``'s buffers are donated to the train step: pass a copy to keep them).
+    train_group: ``(ticket indices, their states, until_step) -> trained states`` (the states
+      may be donated).
+    states: one starting state per ticket, all at the same step.
     mask_fn: ``TrainState -> mask tree`` (the mask the target sparsity would give now).
-    detector: a fresh :class:`Detector`.
+    detectors: one fresh :class:`Detector` per ticket.
     interval: steps between two masks.
     max_steps: absolute step at which the search stops without a draw.
-    writer: optional; the window's maximum distance is written at each check (``run=search``).
+    writer: optional; each window's maximum distance is written (``run=search``, ``ticket=name``).
+    names: tags of the tickets for the writer and the log (default: their indices).
   """
   if interval < 1:
     raise ValueError(f"early_bird.interval must be >= 1, got {interval}")
-  start = _clock()
-  step = int(state.step)
-  mask = None
-  while step < max_steps:
-    step = min(step + interval, max_steps)
-    state = training.train(family, state, masks, images, run_key=run_key, until_step=step,
-                           steps_per_call=steps_per_call)
-    mask = jax.device_get(mask_fn(state))
-    drawn = detector.update(step, mask)
-    distance = detector.history[-1]["max_distance"]
-    logging.info("early-bird check at step %d: max mask distance %s", step, distance)
-    if writer is not None and distance is not None:
-      writer.write_scalars(step, {"mask_distance": distance}, run="search")
-    if drawn:
-      break
-  if mask is None:
+  if len(states) != len(detectors) or not states:
+    raise ValueError(f"search needs one detector per state, got {len(detectors)} for "
+                     f"{len(states)}")
+  names = names or [str(i) for i in range(len(states))]
+  step = int(states[0].step)
+  if step >= max_steps:
     raise ValueError(f"early-bird search has no step to run: the state is at step {step} and "
                      f"max_steps is {max_steps}")
-  if detector.drawn:
-    step, mask = detector.drawn_step, detector.drawn_mask
-  jax.block_until_ready(state)
-  return SearchResult(state, step, detector.drawn, mask, list(detector.history),
-                      *_elapsed(start))
+  states = list(states)
+  active = list(range(len(states)))
+  masks: list = [None] * len(states)
+  spent = np.zeros((len(states), 2))          # wall-clock, CPU seconds
+  while active and step < max_steps:
+    step = min(step + interval, max_steps)
+    start = _clock()
+    trained = train_group(active, [states[i] for i in active], step)
+    jax.block_until_ready(trained)
+    spent[active] += np.asarray(_elapsed(start)) / len(active)
+    for i, state in zip(active, trained):
+      states[i] = state
+      masks[i] = jax.device_get(mask_fn(state))
+      detectors[i].update(step, masks[i])
+      distance = detectors[i].history[-1]["max_distance"]
+      logging.info("early-bird check of ticket %s at step %d: max mask distance %s", names[i],
+                   step, distance)
+      if writer is not None and distance is not None:
+        writer.write_scalars(step, {"mask_distance": distance}, run="search", ticket=names[i])
+    active = [i for i in active if not detectors[i].drawn]
+  results = []
+  for i, detector in enumerate(detectors):
+    drawn_step, mask = ((detector.drawn_step, detector.drawn_mask) if detector.drawn
+                        else (step, masks[i]))
+    results.append(SearchResult(states[i], drawn_step, detector.drawn, mask,
+                                list(detector.history), *spent[i]))
+  return results
 
 
 def _clock() -> tuple[float, float]:
@@ -301,8 +329,9 @@ def channel_masks(params: PyTree, batch_stats: PyTree, groups: list[ChannelGroup
 
   BatchNorm groups: the ``round(sparsity * n)`` smallest ``|γ|`` of all their ``n`` channels are
   pruned with one global threshold (``scope='layerwise'``: per layer; ``sparsity`` a mapping
-  ``{part: fraction}``: one threshold per part); a layer left empty keeps its largest ``|γ|``. A group without BatchNorm keeps the kept fraction of the BatchNorm group it
-  feeds, ranked by its BN-scaled outgoing weights (module docstring); with no such group it is
+  ``{part: fraction}``: one threshold per part); a layer left empty keeps its largest ``|γ|``.
+  A group without BatchNorm keeps the kept fraction of the BatchNorm group it feeds, ranked
+  by its BN-scaled outgoing weights (module docstring); with no such group it is
   kept whole. Pure jnp (jit-able; ``sparsity`` may be traced).
   """
   bn_groups = [g for g in groups if g.bn is not None]
@@ -436,22 +465,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"early_bird.imp_levels must be >= 0, got {eb.imp_levels}")
 
 
-def _timed_train(family, state, masks, images, *, run_key, until_step, steps_per_call,
-                 writer, log_every, run):
-  """:func:`training.train` on a copy of ``state`` (the train step donates its input), timed:
-  returns the state and ``{'train_seconds': wall-clock, 'train_cpu_seconds': process CPU}``."""
-  state = _copy(state)
-  start = _clock()
-  state = training.train(family, state, masks, images, run_key=run_key, until_step=until_step,
-                         steps_per_call=steps_per_call, writer=writer, log_every=log_every,
-                         tags={"run": run})
-  jax.block_until_ready(state)
-  seconds, cpu_seconds = _elapsed(start)
-  return state, {"train_seconds": seconds, "train_cpu_seconds": cpu_seconds}
+def _seed_keys(seed: int) -> dict[str, jax.Array]:
+  init_key, run_key = jax.random.split(jax.random.key(seed))
+  return {"init": init_key, "run": run_key, "scratch": jax.random.fold_in(init_key, 1)}
 
 
 class _Run:
-  """Host-side bookkeeping shared by the stages of one early-bird run."""
+  """Host-side bookkeeping shared by the stages of one early-bird run over ``tickets.seeds``.
+
+  Every stage trains its seeds as groups of same-architecture, same-step tickets through
+  :class:`lth_jax.parallel.TicketRunner` (one program over the mesh); a ticket's seconds are its
+  group's wall-clock (CPU time) divided by the group size. Stage outputs live in
+  ``<stage>_seed<s>/``; a stage skips the seeds whose outputs exist.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     validate(config)
@@ -461,22 +487,45 @@ class _Run:
     training.prepare_workdir(workdir, config)
     self.family = training.family_from_config(config)
     self.train_split, self.test_split = training.load_data(config)
-    self.init_key, self.run_key = jax.random.split(jax.random.key(config.seed))
-    self.theta_0 = self.family.init(self.init_key)
+    self.seeds = tuple(int(s) for s in config.tickets.seeds)
+    self.keys = {s: _seed_keys(s) for s in self.seeds}
+    self.theta_0 = {s: self.family.init(self.keys[s]["init"]) for s in self.seeds}
     self.pruned_parts = tuple(p for p in self.family.parts if config.prune.parts.get(p, False))
     self.is_main = jax.process_index() == 0
+    self.multiprocess = jax.process_count() > 1
+    self.mesh = parallel.make_mesh(data_parallel=config.tickets.data_parallel)
+    self._runners: dict = {}
     self.writer = report.MetricWriter(workdir, enabled=self.is_main)
     self.evaluator = evaluation.Evaluator.from_config(config, self.train_split, self.test_split)
     self.metric = evaluation.primary_metric_key(config.family, self.evaluator.extractor.name)
     self.structured = self.eb.kind == "structured"
-    self.groups = (channel_groups(self.theta_0.params, self.pruned_parts)
+    self.groups = (channel_groups(self.theta_0[self.seeds[0]].params, self.pruned_parts)
                    if self.structured else None)
 
-  def path(self, *names: str) -> str:
-    return os.path.join(self.workdir, *names)
+  def path(self, stage: str, seed: int, *names: str) -> str:
+    return os.path.join(self.workdir, f"{stage}_seed{seed}", *names)
 
   def dense_masks(self, family, params):
     return training.masks_from_config(self.config, family, params)
+
+  def _runner(self, family: steps_lib.Family, key: str) -> parallel.TicketRunner:
+    """One runner (and its compiled programs) per architecture ``key``."""
+    if key not in self._runners:
+      self._runners[key] = parallel.TicketRunner(
+          family, mesh=self.mesh, execution=self.config.tickets.execution,
+          steps_per_call=self.config.train.steps_per_call)
+    return self._runners[key]
+
+  def _train(self, family, key, seeds, states, masks, until_step) -> tuple[list, list[dict]]:
+    """Trains one group to ``until_step``: (states, per-ticket timing columns)."""
+    start = _clock()
+    states = self._runner(family, key).train([_copy(s) for s in states], masks,
+                                        self.train_split.images,
+                                        [self.keys[s]["run"] for s in seeds],
+                                        until_step=until_step)
+    jax.block_until_ready(states)
+    seconds, cpu_seconds = (x / len(seeds) for x in _elapsed(start))
+    return states, [{"train_seconds": seconds, "train_cpu_seconds": cpu_seconds}] * len(seeds)
 
   def _write_json(self, path: str, value) -> None:
     if self.is_main:
@@ -490,6 +539,11 @@ class _Run:
     with open(path) as f:
       return json.load(f)
 
+  def _save_tree(self, path: str, tree: PyTree) -> None:
+    """Collective in a multi-process run (every process calls it; process 0 writes)."""
+    checkpointing.save_tree(path, jax.device_get(tree) if self.multiprocess else tree,
+                            overwrite=True)
+
   def _cost(self, family, masks=None) -> dict:
     """Analytic cost columns of a (possibly masked or physically smaller) family."""
     params = jax.eval_shape(family.init, jax.random.key(0)).params
@@ -498,32 +552,47 @@ class _Run:
             "forward_flops": sum(flops.family_forward(family, masks).values()),
             "step_flops": flops.train_step(family, masks)}
 
-  def _finish(self, family, state, row: dict, grid: str) -> dict:
+  def _finish(self, family, seed: int, state, row: dict, grid: str) -> dict:
+    """Evaluates (on every process: deterministic), writes the first seed's grid and scalars."""
     row.update(self.evaluator(family, state))
     if self.is_main:
-      self.evaluator.save_grid(family, state, self.path(grid))
+      if seed == self.seeds[0]:
+        self.evaluator.save_grid(family, state, os.path.join(self.workdir, grid))
       self.writer.write_scalars(int(state.step), {k: v for k, v in row.items()
                                                   if k in (self.metric, "train_seconds")},
-                                run=row["run"])
+                                run=row["run"], seed=seed)
     return row
 
+  def _pending(self, stage: str, filename: str = "metrics.json") -> list[int]:
+    return [s for s in self.seeds if not os.path.exists(self.path(stage, s, filename))]
+
+  def _train_stage(self, stage: str, starts: dict[int, tuple], steps_of) -> dict[int, dict]:
+    """Trains every pending seed's ``(family, state, masks, info, cost_masks)`` start for
+    ``steps_of(seed, state)`` steps, grouped by architecture and starting step; returns and
+    writes each seed's row (``<stage>_seed<s>/metrics.json``)."""
+    groups: dict = collections.defaultdict(list)
+    for seed, (_, state, _, info, _) in starts.items():
+      groups[(info.get("widths", ""), int(state.step), steps_of(seed, state))].append(seed)
+    for (widths, start_step, steps), seeds in groups.items():
+      family = starts[seeds[0]][0]
+      states, timings = self._train(family, widths, seeds, [starts[s][1] for s in seeds],
+                                    [starts[s][2] for s in seeds], start_step + steps)
+      for seed, state, timing in zip(seeds, states, timings):
+        _, _, _, info, cost_masks = starts[seed]
+        cost = self._cost(family, cost_masks)
+        row = {"run": stage_run(stage), "seed": seed, "steps": steps, "start_step": start_step,
+               **info, **cost, "train_flops": steps * cost["step_flops"], **timing}
+        row = self._finish(family, seed, state, row, f"samples_{stage}.png")
+        self._write_json(self.path(stage, seed, "metrics.json"), row)
+    parallel.barrier(f"early-bird-{stage}")
+    return {s: self._read_json(self.path(stage, s, "metrics.json")) for s in self.seeds}
+
   # ------------------------------------------------------------------------------- stages
-  def dense(self) -> dict:
-    done = self.path("dense", "metrics.json")
-    if os.path.exists(done):
-      return self._read_json(done)
-    steps = self.config.train.steps
-    state, timing = _timed_train(
-        self.family, self.theta_0, self.dense_masks(self.family, self.theta_0.params),
-        self.train_split.images, run_key=self.run_key, until_step=steps,
-        steps_per_call=self.config.train.steps_per_call, writer=self.writer,
-        log_every=self.config.train.log_every, run="dense")
-    cost = self._cost(self.family)
-    row = {"run": "dense", "steps": steps, **cost, "train_flops": steps * cost["step_flops"],
-           **timing}
-    row = self._finish(self.family, state, row, "samples_dense.png")
-    self._write_json(done, row)
-    return row
+  def dense(self) -> dict[int, dict]:
+    starts = {s: (self.family, self.theta_0[s], self.dense_masks(self.family,
+                                                                  self.theta_0[s].params),
+                  {}, None) for s in self._pending("dense")}
+    return self._train_stage("dense", starts, lambda seed, state: self.config.train.steps)
 
   def _search_family(self):
     if not self.structured:
@@ -537,48 +606,57 @@ class _Run:
       groups = self.groups
       return jax.jit(lambda s: channel_masks(s.params, s.batch_stats, groups, sparsity,
                                              scope=scope))
-    dense = self.dense_masks(self.family, self.theta_0.params)
+    dense = self.dense_masks(self.family, self.theta_0[self.seeds[0]].params)
     return lambda s: magnitude_masks(s.params, dense, sparsity, scope=scope)
 
   def _mask_like(self):
     if self.structured:
       return {g.name: np.ones(g.size, bool) for g in self.groups}
-    return self.dense_masks(self.family, self.theta_0.params)
+    return self.dense_masks(self.family, self.theta_0[self.seeds[0]].params)
 
-  def search(self) -> tuple[dict, PyTree, steps_lib.TrainState]:
-    """Runs (or loads) the search: (row, drawn mask, search state at the drawn step)."""
-    done = self.path("search", "search.json")
-    mask_path = self.path("search", "mask.npz")
-    state_path = self.path("search", "drawn_state")
-    if os.path.exists(done):
-      like = jax.eval_shape(self.family.init, jax.random.key(0))
-      return (self._read_json(done), masks_lib.load(mask_path, like=self._mask_like()),
-              checkpointing.load_tree(state_path, like=like))
-    family = self._search_family()
-    max_steps = self.eb.max_search_steps or self.config.train.steps
-    result = search(family, _copy(self.theta_0), self.dense_masks(family, self.theta_0.params),
-                    self.train_split.images, run_key=self.run_key, mask_fn=self._mask_fn(),
-                    detector=Detector(window=self.eb.window, epsilon=self.eb.epsilon),
-                    interval=self.eb.interval, max_steps=max_steps,
-                    steps_per_call=self.config.train.steps_per_call, writer=self.writer)
-    if not result.drawn:
-      logging.warning("no early-bird ticket drawn by step %d (max mask distance %s > %s); using "
-                      "the newest mask", result.step, result.history[-1]["max_distance"],
-                      self.eb.epsilon)
-    cost = self._cost(self.family)
-    row = {"run": "eb_search", "steps": result.step, "eb_step": result.step,
-           "drawn": result.drawn, **cost, "train_flops": result.step * cost["step_flops"],
-           "train_seconds": result.seconds, "train_cpu_seconds": result.cpu_seconds,
-           "history": result.history}
-    if self.is_main:
-      masks_lib.save(mask_path, result.mask, overwrite=True)
-      checkpointing.save_tree(state_path, result.state, overwrite=True)
-    self._write_json(done, row)
-    return row, result.mask, result.state
+  def search(self) -> dict[int, tuple[dict, PyTree, steps_lib.TrainState]]:
+    """Runs (or loads) the search of every seed: ``{seed: (row, drawn mask, drawn state)}``."""
+    pending = self._pending("search", "search.json")
+    if pending:
+      family = self._search_family()
+      masks = {s: self.dense_masks(family, self.theta_0[s].params) for s in pending}
 
-  def _ticket_start(self, mask, drawn: steps_lib.TrainState):
+      def train_group(indices, states, until_step):
+        seeds = [pending[i] for i in indices]
+        return self._runner(family, "search").train(
+            [_copy(s) for s in states], [masks[s] for s in seeds], self.train_split.images,
+            [self.keys[s]["run"] for s in seeds], until_step=until_step)
+
+      results = search(train_group, [self.theta_0[s] for s in pending],
+                       mask_fn=self._mask_fn(),
+                       detectors=[Detector(window=self.eb.window, epsilon=self.eb.epsilon)
+                                  for _ in pending],
+                       interval=self.eb.interval,
+                       max_steps=self.eb.max_search_steps or self.config.train.steps,
+                       writer=self.writer, names=[str(s) for s in pending])
+      cost = self._cost(self.family)
+      for seed, result in zip(pending, results):
+        if not result.drawn:
+          logging.warning("seed %d: no early-bird ticket drawn by step %d (max mask distance %s "
+                          "> %s); using the newest mask", seed, result.step,
+                          result.history[-1]["max_distance"], self.eb.epsilon)
+        row = {"run": "eb_search", "seed": seed, "steps": result.step, "eb_step": result.step,
+               "drawn": result.drawn, **cost, "train_flops": result.step * cost["step_flops"],
+               "train_seconds": result.seconds, "train_cpu_seconds": result.cpu_seconds,
+               "history": result.history}
+        if self.is_main:
+          masks_lib.save(self.path("search", seed, "mask.npz"), result.mask, overwrite=True)
+        self._save_tree(self.path("search", seed, "drawn_state"), result.state)
+        self._write_json(self.path("search", seed, "search.json"), row)
+      parallel.barrier("early-bird-search")
+    like = jax.eval_shape(self.family.init, jax.random.key(0))
+    return {s: (self._read_json(self.path("search", s, "search.json")),
+                masks_lib.load(self.path("search", s, "mask.npz"), like=self._mask_like()),
+                checkpointing.load_tree(self.path("search", s, "drawn_state"), like=like))
+            for s in self.seeds}
+
+  def _ticket_start(self, seed: int, mask, source: steps_lib.TrainState):
     """(family, starting state, masks, description columns, masks for the FLOPs count)."""
-    source = self.theta_0 if self.eb.rewind else drawn
     if self.structured:
       params, stats = slice_channels(source.params, source.batch_stats, mask, self.groups)
       widths = channel_widths(mask, self.groups)
@@ -593,72 +671,59 @@ class _Run:
                                  steps_lib.mask_opt_state(self.family, source.opt_state, mask))
     return self.family, state, mask, {"sparsity": float(masks_lib.sparsity(mask))}, mask
 
-  def ticket(self, search_row: dict, mask, drawn: steps_lib.TrainState) -> dict:
-    done = self.path("ticket", "metrics.json")
-    if os.path.exists(done):
-      return self._read_json(done)
-    family, state, masks, info, cost_masks = self._ticket_start(mask, drawn)
-    steps = self.eb.ticket_steps or max(self.config.train.steps - search_row["eb_step"], 0)
-    start = int(state.step)
-    state, timing = _timed_train(
-        family, state, masks, self.train_split.images, run_key=self.run_key,
-        until_step=start + steps, steps_per_call=self.config.train.steps_per_call,
-        writer=self.writer, log_every=self.config.train.log_every, run="eb_ticket")
-    cost = self._cost(family, cost_masks)
-    row = {"run": "eb_ticket", "steps": steps, "start_step": start, **info, **cost,
-           "train_flops": steps * cost["step_flops"], **timing}
-    row = self._finish(family, state, row, "samples_ticket.png")
-    self._write_json(done, row)
-    return row
+  def ticket(self, searched: dict) -> dict[int, dict]:
+    starts = {s: self._ticket_start(s, searched[s][1],
+                                    self.theta_0[s] if self.eb.rewind else searched[s][2])
+              for s in self._pending("ticket")}
+    return self._train_stage(
+        "ticket", starts, lambda seed, state: self.eb.ticket_steps or max(
+            self.config.train.steps - searched[seed][0]["eb_step"], 0))
 
-  def scratch(self, search_row: dict, mask, drawn: steps_lib.TrainState) -> dict:
+  def scratch(self, searched: dict) -> dict[int, dict]:
     """The ticket's architecture (its widths, or its mask) from a new random init, trained for
     ``train.steps`` from step 0 with a fresh optimizer: does the search pick more than a size?"""
-    done = self.path("scratch", "metrics.json")
-    if os.path.exists(done):
-      return self._read_json(done)
-    family, _, masks, info, cost_masks = self._ticket_start(mask, drawn)
-    fresh = family.init(jax.random.fold_in(self.init_key, 1))   # independent of θ₀
-    if not self.structured:
-      fresh = steps_lib.TrainState(fresh.step, masks_lib.apply(fresh.params, masks),
-                                   fresh.batch_stats,
-                                   steps_lib.mask_opt_state(family, fresh.opt_state, masks))
-    steps = self.config.train.steps
-    state, timing = _timed_train(
-        family, fresh, masks, self.train_split.images, run_key=self.run_key, until_step=steps,
-        steps_per_call=self.config.train.steps_per_call, writer=self.writer,
-        log_every=self.config.train.log_every, run="scratch")
-    cost = self._cost(family, cost_masks)
-    row = {"run": "scratch", "steps": steps, **info, **cost,
-           "train_flops": steps * cost["step_flops"], **timing}
-    row = self._finish(family, state, row, "samples_scratch.png")
-    self._write_json(done, row)
-    return row
+    starts = {}
+    for seed in self._pending("scratch"):
+      family, _, masks, info, cost_masks = self._ticket_start(seed, searched[seed][1],
+                                                              searched[seed][2])
+      fresh = family.init(self.keys[seed]["scratch"])            # independent of θ₀
+      if not self.structured:
+        fresh = steps_lib.TrainState(fresh.step, masks_lib.apply(fresh.params, masks),
+                                     fresh.batch_stats,
+                                     steps_lib.mask_opt_state(family, fresh.opt_state, masks))
+      starts[seed] = (family, fresh, masks, info, cost_masks)
+    return self._train_stage("scratch", starts, lambda seed, state: self.config.train.steps)
 
-  def imp(self) -> dict:
-    """IMP (the ``lottery`` section, ticket branch only) for ``early_bird.imp_levels`` levels in
-    ``imp/``: its training wall-clock and FLOPs summed over every level (masked kernels run dense,
-    so each step costs a dense step), and its last ticket's metric."""
-    done = self.path("imp", "metrics.json")
-    if os.path.exists(done):
-      return self._read_json(done)
+  def imp(self) -> dict[int, dict]:
+    """IMP (the ``lottery`` section, ticket branch only, every seed) for
+    ``early_bird.imp_levels`` levels in ``imp/``: per seed, its training wall-clock and FLOPs
+    summed over every level (masked kernels run dense, so each step costs a dense step) and its
+    last ticket's metric. Seconds: each level's group wall-clock divided by the seeds."""
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.lottery.update(levels=self.eb.imp_levels, branches=("ticket",))
-    config.tickets.seeds = (config.seed,)
-    rows = lottery.run(config, self.path("imp"))
+    rows = lottery.run(config, os.path.join(self.workdir, "imp"))
     rewind = lottery.validate(config, num_train=len(self.train_split.labels))
     steps = config.train.steps + config.lottery.levels * (config.train.steps - rewind)
-    last = max(rows, key=lambda r: r["level"])
-    seconds = sum(r["group_train_seconds"] for r in rows)
-    row = {"run": "imp", "steps": steps, "levels": config.lottery.levels,
-           "sparsity": last["sparsity"], "train_flops": steps * flops.train_step(self.family),
-           "train_seconds": seconds, self.metric: last[self.metric]}
-    self._write_json(done, row)
-    return row
+    out = {}
+    for seed in self.seeds:
+      mine = [r for r in rows if r["seed"] == seed]
+      last = max(mine, key=lambda r: r["level"])
+      out[seed] = {"run": "imp", "seed": seed, "steps": steps, "levels": config.lottery.levels,
+                   "sparsity": last["sparsity"],
+                   "train_flops": steps * flops.train_step(self.family),
+                   "train_seconds": sum(r["group_train_seconds"] for r in mine) / len(self.seeds),
+                   self.metric: last[self.metric]}
+    return out
+
+
+def stage_run(stage: str) -> str:
+  """The ``run`` column of a stage's rows."""
+  return {"ticket": "eb_ticket"}.get(stage, stage)
 
 
 def _total_row(search_row: dict, ticket_row: dict) -> dict:
-  row = {"run": "eb_total", "steps": search_row["steps"] + ticket_row["steps"],
+  row = {"run": "eb_total", "seed": search_row["seed"],
+         "steps": search_row["steps"] + ticket_row["steps"],
          "eb_step": search_row["eb_step"], "sparsity": ticket_row["sparsity"],
          "params": ticket_row["params"], "sample_flops": ticket_row["sample_flops"],
          "train_flops": search_row["train_flops"] + ticket_row["train_flops"],
@@ -682,39 +747,59 @@ def _with_ratios(row: dict, dense_row: dict, metric: str) -> dict:
   return row
 
 
+RATIOS = ("flops_vs_dense", "seconds_vs_dense", "cpu_seconds_vs_dense", "metric_vs_dense")
+
+
 def write_reports(workdir: str, rows: list[dict], metric: str, *, kind: str) -> str:
-  """``results.csv`` and ``summary.md`` (Markdown table and ratios); returns the summary."""
+  """``results.csv`` (every seed's rows) and ``summary.md`` (the rows, their mean ± std over
+  seeds when there are several, and the ratios in words); returns the summary."""
   report.write_csv(rows, os.path.join(workdir, "results.csv"))
-  columns = ["run", "steps", "sparsity", "widths", "params", "sample_flops", "step_flops",
-             "train_flops", "train_seconds", "train_cpu_seconds", metric, "flops_vs_dense",
-             "seconds_vs_dense", "metric_vs_dense"]
-  search_row = next(r for r in rows if r["run"] == "eb_search")
-  total = next(r for r in rows if r["run"] == "eb_total")
-  drawn = ("drawn at step" if search_row["drawn"] else "NOT drawn (newest mask used) at step")
+  columns = ["run", "seed", "steps", "sparsity", "widths", "params", "sample_flops",
+             "step_flops", "train_flops", "train_seconds", "train_cpu_seconds", metric,
+             *RATIOS]
+  values = ["steps", "eb_step", "sparsity", "train_flops", "train_seconds", "train_cpu_seconds",
+            metric, *RATIOS]
+  mean = {r["run"]: r for r in report.aggregate(
+      [{k: v for k, v in r.items() if k != "widths"} for r in rows],
+      metrics=[v for v in values if any(v in r for r in rows)], by="run", over="seed")}
+  get = lambda run, key: mean[run][key + "_mean"]
+  searches = [r for r in rows if r["run"] == "eb_search"]
+  drawn = [r["eb_step"] for r in searches if r["drawn"]]
+  missed = [r["seed"] for r in searches if not r["drawn"]]
   lines = [f"# Early-bird ticket ({kind}): {os.path.basename(os.path.abspath(workdir))}", "",
-           f"Ticket {drawn} {search_row['eb_step']}; FLOPs per sample are forward passes of the "
-           f"sampling network (G / decoder); train FLOPs use the 3x-forward convention of "
-           f"`lth_jax.flops`; seconds are measured wall-clock, CPU seconds the process's CPU time "
-           f"(compilation included, evaluation excluded). Metric: `{metric}` (lower is "
-           f"better).", "",
+           f"Ticket drawn at step {', '.join(map(str, drawn)) or '-'}"
+           + (f"; NOT drawn for seed(s) {missed} (newest mask used)" if missed else "")
+           + "; FLOPs per sample are forward passes of the sampling network (G / decoder); "
+           "train FLOPs use the 3x-forward convention of `lth_jax.flops`; seconds are measured "
+           "wall-clock, CPU seconds the process's CPU time (compilation included, evaluation "
+           "excluded; a group of tickets trained together shares its time evenly). Metric: "
+           f"`{metric}` (lower is better).", "",
            report.markdown_table(rows, [c for c in columns if any(c in r for r in rows)],
                                  floatfmt=".4g"), ""]
-  if "flops_vs_dense" in total:
-    lines += [f"Search + ticket vs dense training: train FLOPs x{total['flops_vs_dense']:.3f} "
-              f"({100 * (1 - total['flops_vs_dense']):.1f}% fewer), wall-clock "
-              f"x{total['seconds_vs_dense']:.3f} (CPU time x{total['cpu_seconds_vs_dense']:.3f}), "
-              f"{metric} x{total['metric_vs_dense']:.3f}.", ""]
-  by_run = {r["run"]: r for r in rows}
-  if "scratch" in by_run and metric in total:
-    scratch = by_run["scratch"]
-    lines += [f"The ticket's architecture from a new init, {scratch['steps']} steps: {metric} "
-              f"{scratch[metric]:.4g} (early-bird ticket {total[metric]:.4g}).", ""]
-  if "imp" in by_run and metric in total:
-    imp = by_run["imp"]
-    lines += [f"IMP to level {imp['levels']}, sparsity {imp['sparsity']:.3f}: "
-              f"{imp['train_seconds']:.4g} s of training ({imp['train_seconds'] / total['train_seconds']:.2f}x "
-              f"the early-bird search + ticket), {imp['train_flops']:.4g} training FLOPs, {metric} "
-              f"{imp[metric]:.4g}.", ""]
+  if len({r["seed"] for r in rows}) > 1:
+    stats = [c for v in values for c in (v + "_mean", v + "_std")
+             if any(c in r for r in mean.values())]
+    lines += ["Mean ± std over seeds (n = runs per row):", "",
+              report.markdown_table(list(mean.values()), ["run", "n", *stats], floatfmt=".4g"),
+              ""]
+  if "flops_vs_dense_mean" in mean.get("eb_total", {}):
+    lines += [f"Search + ticket vs dense training: train FLOPs "
+              f"x{get('eb_total', 'flops_vs_dense'):.3f} "
+              f"({100 * (1 - get('eb_total', 'flops_vs_dense')):.1f}% fewer), wall-clock "
+              f"x{get('eb_total', 'seconds_vs_dense'):.3f} (CPU time "
+              f"x{get('eb_total', 'cpu_seconds_vs_dense'):.3f}), {metric} "
+              f"x{get('eb_total', 'metric_vs_dense'):.3f}.", ""]
+  if "scratch" in mean and metric + "_mean" in mean["scratch"]:
+    lines += [f"The ticket's architecture from a new init, {get('scratch', 'steps'):.0f} steps: "
+              f"{metric} {get('scratch', metric):.4g} (early-bird ticket "
+              f"{get('eb_total', metric):.4g}).", ""]
+  if "imp" in mean and metric + "_mean" in mean["imp"]:
+    levels = next(r["levels"] for r in rows if r["run"] == "imp")
+    lines += [f"IMP to level {levels}, sparsity {get('imp', 'sparsity'):.3f}: "
+              f"{get('imp', 'train_seconds'):.4g} s of training "
+              f"({get('imp', 'train_seconds') / get('eb_total', 'train_seconds'):.2f}x the "
+              f"early-bird search + ticket), {get('imp', 'train_flops'):.4g} training FLOPs, "
+              f"{metric} {get('imp', metric):.4g}.", ""]
   summary = "\n".join(lines)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(summary)
@@ -722,31 +807,36 @@ def write_reports(workdir: str, rows: list[dict], metric: str, *, kind: str) -> 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs (or resumes) dense baseline, search and ticket training, and writes the reports.
+  """Runs (or resumes) dense baselines, searches and ticket trainings of every ``tickets.seeds``
+  and writes the reports.
 
-  Writes to ``workdir``: ``config.json``, ``dense/`` ``search/`` ``ticket/`` (each stage's JSON;
-  the search's ``mask.npz`` and ``drawn_state``), ``samples_dense.png``,
-  ``samples_ticket.png``, ``metrics.jsonl`` + TensorBoard, ``results.csv`` and ``summary.md``.
-
-  With ``early_bird.scratch_baseline``, ``scratch/`` (and ``samples_scratch.png``); with
-  ``early_bird.imp_levels``, ``imp/`` (a lottery search workdir).
+  Writes to ``workdir``: ``config.json``, per seed ``dense_seed<s>/``, ``search_seed<s>/``
+  (``search.json``, ``mask.npz``, ``drawn_state``) and ``ticket_seed<s>/`` (``metrics.json``),
+  the first seed's ``samples_dense.png`` and ``samples_ticket.png``, ``metrics.jsonl`` +
+  TensorBoard, ``results.csv`` and ``summary.md``. With ``early_bird.scratch_baseline`` also
+  ``scratch_seed<s>/`` (and ``samples_scratch.png``); with ``early_bird.imp_levels``, ``imp/``
+  (a lottery search workdir).
 
   Returns:
-    The result rows: ``dense`` (when ``early_bird.dense_baseline``), ``eb_search``,
-    ``eb_ticket``, ``eb_total`` (search + ticket), then ``scratch`` and ``imp`` when asked for;
-    with a dense row, every row after it carries its ratios to dense.
+    Per seed: ``dense`` (when ``early_bird.dense_baseline``), ``eb_search``, ``eb_ticket``,
+    ``eb_total`` (search + ticket), then ``scratch`` and ``imp`` when asked for; with a dense
+    row, every row after it carries its ratios to that seed's dense row.
   """
   eb = config.early_bird
   eb_run = _Run(config, workdir)
-  dense_row = eb_run.dense() if eb.dense_baseline else None
-  search_row, mask, drawn = eb_run.search()
-  ticket_row = eb_run.ticket(search_row, mask, drawn)
-  extra = [eb_run.scratch(search_row, mask, drawn)] if eb.scratch_baseline else []
-  extra += [eb_run.imp()] if eb.imp_levels else []
-  search_row = {k: v for k, v in search_row.items() if k != "history"}
-  rows = [search_row, ticket_row, _total_row(search_row, ticket_row), *extra]
-  if dense_row:
-    rows = [dense_row] + [_with_ratios(r, dense_row, eb_run.metric) for r in rows]
+  dense = eb_run.dense() if eb.dense_baseline else {}
+  searched = eb_run.search()
+  tickets = eb_run.ticket(searched)
+  scratch = eb_run.scratch(searched) if eb.scratch_baseline else {}
+  imp = eb_run.imp() if eb.imp_levels else {}
+  rows = []
+  for seed in eb_run.seeds:
+    search_row = {k: v for k, v in searched[seed][0].items() if k != "history"}
+    mine = [search_row, tickets[seed], _total_row(search_row, tickets[seed])]
+    mine += [r[seed] for r in (scratch, imp) if r]
+    if dense:
+      mine = [dense[seed]] + [_with_ratios(r, dense[seed], eb_run.metric) for r in mine]
+    rows += mine
   if eb_run.is_main:
     print(write_reports(workdir, rows, eb_run.metric, kind=config.early_bird.kind))
     print(f"samples and tables in {os.path.abspath(workdir)}")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import configs, early_bird, masks, report, steps
+from lth_jax import configs, early_bird, masks, report, steps, training
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,30 +66,53 @@ def _counting_family():
   return steps.Family("count", ("a", "b"), {}, {}, None, train_step, None, None, None, None, 1)
 
 
+def _count_group(calls):
+  """``search``'s train_group for the counting family; records (tickets, until_step) per call."""
+  fam = _counting_family()
+
+  def train_group(indices, states, until_step):
+    calls.append((list(indices), until_step))
+    return [training.train(fam, s, None, jnp.zeros((1, 1), jnp.uint8), run_key=jax.random.key(0),
+                           until_step=until_step, steps_per_call=2) for s in states]
+  return train_group
+
+
+def _count_state(start=0.0):
+  return steps.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.asarray(start)}, {}, {})
+
+
 @pytest.mark.parametrize("interval, window, expected", [(1, 3, 11), (2, 3, 14), (2, 2, 12)])
 def test_search_runs_chunks_until_drawn(interval, window, expected):
-  fam = _counting_family()
-  state = steps.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros(())}, {}, {})
   # Mask after w steps: the first min(2w, 20) of 20 entries, so 0.1 changes per step until 10.
   mask_fn = lambda s: {"m": jnp.arange(20) < jnp.minimum(2 * s.params["w"], 20)}
-  result = early_bird.search(fam, state, None, jnp.zeros((1, 1), jnp.uint8),
-                             run_key=jax.random.key(0), mask_fn=mask_fn,
-                             detector=early_bird.Detector(window=window, epsilon=0.1),
-                             interval=interval, max_steps=100, steps_per_call=2)
+  [result] = early_bird.search(_count_group([]), [_count_state()], mask_fn=mask_fn,
+                               detectors=[early_bird.Detector(window=window, epsilon=0.1)],
+                               interval=interval, max_steps=100)
   assert result.drawn and result.step == expected == int(result.state.step)
   assert [h["step"] for h in result.history] == list(range(interval, expected + 1, interval))
 
 
 def test_search_without_draw_returns_newest_mask_at_max_steps():
-  fam = _counting_family()
-  state = steps.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros(())}, {}, {})
   mask_fn = lambda s: {"m": jnp.arange(20) < 2 * s.params["w"]}
-  result = early_bird.search(fam, state, None, jnp.zeros((1, 1), jnp.uint8),
-                             run_key=jax.random.key(0), mask_fn=mask_fn,
-                             detector=early_bird.Detector(window=3, epsilon=0.0),
-                             interval=3, max_steps=7, steps_per_call=3)
+  [result] = early_bird.search(_count_group([]), [_count_state()], mask_fn=mask_fn,
+                               detectors=[early_bird.Detector(window=3, epsilon=0.0)],
+                               interval=3, max_steps=7)
   assert not result.drawn and result.step == 7
   assert int(np.sum(result.mask["m"])) == 14
+
+
+def test_search_of_several_tickets_drops_each_at_its_draw():
+  # Ticket 1 starts 6 "steps" ahead (w = 6): its masks stop changing 6 steps earlier.
+  mask_fn = lambda s: {"m": jnp.arange(20) < jnp.minimum(2 * s.params["w"], 20)}
+  calls = []
+  results = early_bird.search(_count_group(calls), [_count_state(0.0), _count_state(6.0)],
+                              mask_fn=mask_fn,
+                              detectors=[early_bird.Detector(window=3, epsilon=0.1)
+                                         for _ in range(2)], interval=1, max_steps=100)
+  assert [r.step for r in results] == [11, 5] and all(r.drawn for r in results)
+  assert [int(r.state.step) for r in results] == [11, 5]
+  assert calls[:5] == [([0, 1], k) for k in range(1, 6)] and calls[5] == ([0], 6)
+  assert results[0].seconds > results[1].seconds > 0
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -295,11 +318,11 @@ def test_binary_smoke_run_writes_reports(tmp_path):
                        env={**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"})
   assert out.returncode == 0, out.stderr[-3000:]
   for name in ("config.json", "results.csv", "summary.md", "samples_dense.png",
-               "samples_ticket.png", "search/mask.npz", "search/search.json"):
+               "samples_ticket.png", "search_seed0/mask.npz", "search_seed0/search.json"):
     assert (workdir / name).exists(), name
-  with open(workdir / "search" / "search.json") as f:
+  with open(workdir / "search_seed0" / "search.json") as f:
     search = json.load(f)
-  with open(workdir / "ticket" / "metrics.json") as f:
+  with open(workdir / "ticket_seed0" / "metrics.json") as f:
     ticket = json.load(f)
   assert 0 < search["eb_step"] <= 6 and search["history"][-1]["step"] == search["eb_step"]
   assert ticket["start_step"] == search["eb_step"] and ticket["steps"] == 6 - search["eb_step"]
@@ -324,3 +347,32 @@ def test_binary_smoke_run_writes_reports(tmp_path):
   summary = (workdir / "summary.md").read_text()
   assert "| eb_ticket |" in summary and "fewer" in summary and "Ticket drawn at step" in summary
   assert "new init" in summary and "IMP to level 1, sparsity" in summary
+
+
+@needs_fmnist
+def test_seeds_run_together_equal_each_seed_alone(tmp_path):
+  """Two seeds through the ticket runner: seed 1's search, mask and ticket are those of seed 1
+  run alone (bit-identical: one device, tickets one after another)."""
+  def run(seeds, name):
+    config = configs.get_config("ae", "fashion_mnist", "smoke")
+    config.train.steps_per_call = 1
+    config.tickets.seeds = seeds
+    config.early_bird.update(dense_baseline=False, kind="unstructured", sparsity=0.5)
+    return early_bird.run(config, str(tmp_path / name)), tmp_path / name
+
+  both, both_dir = run((0, 1), "both")
+  alone, alone_dir = run((1,), "alone")
+  pick = lambda rows, seed: {r["run"]: r for r in rows if r["seed"] == seed}
+  assert set(pick(both, 0)) == set(pick(both, 1)) == {"eb_search", "eb_ticket", "eb_total"}
+  for run_name in ("eb_search", "eb_ticket"):
+    a, b = pick(both, 1)[run_name], pick(alone, 1)[run_name]
+    for key in ("steps", "sparsity", "recon_mse", "eb_step"):
+      assert a.get(key) == b.get(key), (run_name, key)
+  history = lambda d: json.loads((d / "search_seed1" / "search.json").read_text())["history"]
+  assert history(both_dir) == history(alone_dir) and len(history(alone_dir)) >= 2
+  chex.assert_trees_all_equal(masks.load(both_dir / "search_seed1" / "mask.npz"),
+                              masks.load(alone_dir / "search_seed1" / "mask.npz"))
+  assert float(masks.distance(masks.load(both_dir / "search_seed0" / "mask.npz"),
+                              masks.load(both_dir / "search_seed1" / "mask.npz"))) > 0
+  summary = (both_dir / "summary.md").read_text()
+  assert "Mean ± std over seeds" in summary and "recon_mse_std" in summary
