@@ -1,8 +1,10 @@
 """Transfer: GAN <-> VAE mask/param maps, mismatch errors, derived configs, a smoke run."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -228,3 +230,49 @@ def test_smoke_binary_vae_to_gan(tmp_path):
   assert "| transferred |" in summary and "## Transfer (vae_to_gan)" in summary
   with open(workdir / "target" / "config.json") as f:
     assert json.load(f)["family"] == "dcgan"
+
+
+KILL_OVERRIDES = ("--config.lottery.branches=('ticket',)", "--config.lottery.levels=1",
+                  "--config.train.steps=12",
+                  "--config.train.checkpoint_every=2", "--config.train.steps_per_call=1")
+
+
+@needs_fmnist
+def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
+  """SIGKILL inside the transferred stage (after one of its in-level checkpoints), then the same
+  command again: every transferred run equals an uninterrupted run's."""
+  env = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0",
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+  def command(workdir):
+    return [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"),
+            f"--config={ROOT}/experiments/configs/vae_fmnist.py:smoke", f"--workdir={workdir}",
+            *KILL_OVERRIDES]
+
+  reference = tmp_path / "reference"
+  out = subprocess.run(command(reference), capture_output=True, text=True, timeout=600, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=env)
+  target = killed / "transferred" / "level_01" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (target.exists() and any(
+      name.isdigit() for name in os.listdir(target))):
+    time.sleep(0.02)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "transferred" / "level_01" / "done.json").exists(), "finished before kill"
+  out = subprocess.run(command(killed), capture_output=True, text=True, timeout=600, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  name = os.path.join("transferred", "level_01", "transferred_seed0")
+  chex.assert_trees_all_equal(masks.load(reference / name / "masks.npz"),
+                              masks.load(killed / name / "masks.npz"))
+  with open(reference / name / "metrics.json") as f:
+    expected = json.load(f)
+  with open(killed / name / "metrics.json") as f:
+    got = json.load(f)
+  for key in ("fid_fmnist_clf", "kid_fmnist_clf", "sparsity", "steps"):
+    assert got[key] == expected[key], key
