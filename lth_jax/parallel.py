@@ -16,8 +16,8 @@ batch split over ``data``, equal within float tolerance.
 The ``data`` axis splits each ticket's batch over ``data_parallel`` devices: the batch drawn by
 ``data.sample_batch`` is constrained to the ambient mesh's ``data`` axis (``data.shard_batch``)
 and the compiler turns batch reductions (BatchNorm statistics, losses) into all-reduces, so the
-math is the unsharded step's (equal within float tolerance). Arrays a step draws itself without
-that constraint (the DCGAN's noise ``z``) keep their full batch on every ``data`` device.
+math is the unsharded step's (equal within float tolerance). The DCGAN's noise ``z`` is constrained
+the same way, so the generator's passes are data parallel too.
 
 Multi-process (``jax.distributed``): the default mesh spans every process's devices, so the
 ``ticket`` axis is split across processes. Every process calls :meth:`TicketRunner.train` with

@@ -138,7 +138,7 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
   def train_step(state: TrainState, masks, images, key):
     kx, kz = jax.random.split(key)
     real = data_lib.sample_batch(kx, images, batch_size)
-    z = jax.random.normal(kz, (batch_size, z_dim))
+    z = data_lib.shard_batch(jax.random.normal(kz, (batch_size, z_dim)))   # G data-parallel too
     p, s = state.params, state.batch_stats
     # Generator forward once; its VJP is reused for the generator step (as PyTorch's DCGAN does).
     (fake, g_vjp, g_stats) = jax.vjp(lambda gp: g_apply(gp, s["generator"], z, True),
