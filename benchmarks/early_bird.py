@@ -20,6 +20,8 @@ import os
 import shutil
 import time
 
+import numpy as np
+
 from absl import app
 from absl import flags
 
@@ -49,7 +51,8 @@ _BN_L1 = flags.DEFINE_float("bn_l1", 1e-4, "Network-slimming L1 weight on BatchN
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 5, "Steps fused per jitted call (a "
                                         "divisor of --interval: one compilation per run).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 5000, "Samples for FID.")
-_SEED = flags.DEFINE_integer("seed", 0, "Run seed.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (tickets.seeds): every stage trains them "
+                           "together; ratios are per seed, targets judged on their mean.")
 
 TARGETS = {"flops": 0.12, "seconds": 0.40, "metric": 1.10}
 
@@ -57,7 +60,7 @@ TARGETS = {"flops": 0.12, "seconds": 0.40, "metric": 1.10}
 def config_for(family: str, sparsity: float | str):
   """``sparsity``: one channel fraction for all parts, or an ``early_bird.part_sparsity`` text."""
   config = configs.get_config(family, "fashion_mnist", "default")
-  config.tickets.seeds = (_SEED.value,)
+  config.tickets.seeds = tuple(int(s) for s in _SEEDS.value)
   config.model.width = _WIDTH.value
   config.train.update(steps=_STEPS.value, steps_per_call=_STEPS_PER_CALL.value,
                       checkpoint_every=0, log_every=500)
@@ -72,35 +75,51 @@ def config_for(family: str, sparsity: float | str):
 
 
 def run_family(family: str) -> list[dict]:
-  """One dense baseline and one early-bird ticket per sparsity; returns one row per ticket."""
-  results, dense_dir = [], None
+  """One dense baseline per seed and one early-bird ticket per sparsity and seed; returns one
+  row per ticket and seed, then (several seeds) one ``seed='mean'`` row per ticket."""
+  results, dense_dirs = [], {}
   tickets = [float(s) for s in _SPARSITIES.value] + [
       text.split(":", 1)[1] for text in _PART_SPARSITY.value if text.split(":", 1)[0] == family]
+  seeds = tuple(int(s) for s in _SEEDS.value)
+  metric = evaluation.primary_metric_key(family, "fmnist_clf")
   for sparsity in tickets:
     config = config_for(family, sparsity)
     name = sparsity if isinstance(sparsity, float) else sparsity.replace(",", "_")
     workdir = os.path.join(_WORKDIR.value, f"{family}_s{_STEPS.value}_w{_WIDTH.value}_"
-                           f"p{name}_{_SCOPE.value}_i{_INTERVAL.value}_seed{_SEED.value}")
-    dense_name = f"dense_seed{_SEED.value}"
-    if dense_dir is not None and not os.path.exists(os.path.join(workdir, dense_name)):
+                           f"p{name}_{_SCOPE.value}_i{_INTERVAL.value}_seeds"
+                           f"{'-'.join(map(str, seeds))}")
+    for seed, source in dense_dirs.items():
       # Same family, data, model, training and seed: the finished dense stage is reused.
-      shutil.copytree(dense_dir, os.path.join(workdir, dense_name))
-    rows = {r["run"]: r for r in early_bird.run(config, workdir)}
-    dense_dir = os.path.join(workdir, dense_name)
-    metric = evaluation.primary_metric_key(family, "fmnist_clf")
-    dense, total, scratch = rows["dense"], rows["eb_total"], rows.get("scratch", {})
-    results.append({
-        "family": family, "eb_step": total["eb_step"], "steps": dense["steps"],
-        "channel_sparsity": total["sparsity"], "widths": rows["eb_ticket"].get("widths", ""),
-        "dense_train_flops": dense["train_flops"], "eb_train_flops": total["train_flops"],
-        "dense_seconds": dense["train_seconds"],
-        "search_seconds": rows["eb_search"]["train_seconds"],
-        "ticket_seconds": rows["eb_ticket"]["train_seconds"], "eb_seconds": total["train_seconds"],
-        "dense_" + metric: dense[metric], "eb_" + metric: total[metric],
-        "flops_ratio": total["flops_vs_dense"], "seconds_ratio": total["seconds_vs_dense"],
-        "cpu_seconds_ratio": total["cpu_seconds_vs_dense"],
-        "metric_ratio": total["metric_vs_dense"],
-        "scratch_metric_ratio": scratch.get("metric_vs_dense", float("nan"))})
+      if not os.path.exists(os.path.join(workdir, f"dense_seed{seed}")):
+        shutil.copytree(source, os.path.join(workdir, f"dense_seed{seed}"))
+    rows = early_bird.run(config, workdir)
+    dense_dirs = {seed: os.path.join(workdir, f"dense_seed{seed}") for seed in seeds}
+    mine = []
+    for seed in seeds:
+      by_run = {r["run"]: r for r in rows if r["seed"] == seed}
+      dense, total, scratch = by_run["dense"], by_run["eb_total"], by_run.get("scratch", {})
+      mine.append({
+          "family": family, "seed": seed, "eb_step": total["eb_step"], "steps": dense["steps"],
+          "channel_sparsity": total["sparsity"],
+          "widths": by_run["eb_ticket"].get("widths", ""),
+          "dense_train_flops": dense["train_flops"], "eb_train_flops": total["train_flops"],
+          "dense_seconds": dense["train_seconds"],
+          "search_seconds": by_run["eb_search"]["train_seconds"],
+          "ticket_seconds": by_run["eb_ticket"]["train_seconds"],
+          "eb_seconds": total["train_seconds"],
+          "dense_" + metric: dense[metric], "eb_" + metric: total[metric],
+          "flops_ratio": total["flops_vs_dense"], "seconds_ratio": total["seconds_vs_dense"],
+          "cpu_seconds_ratio": total["cpu_seconds_vs_dense"],
+          "metric_ratio": total["metric_vs_dense"],
+          "scratch_metric_ratio": scratch.get("metric_vs_dense", float("nan"))})
+    results += mine
+    if len(seeds) > 1:
+      mean = {k: float(np.mean([r[k] for r in mine])) for k, v in mine[0].items()
+              if isinstance(v, (int, float)) and k != "seed"}
+      std = {k + "_std": float(np.std([r[k] for r in mine], ddof=1)) for k in
+             ("metric_ratio", "seconds_ratio", "flops_ratio")}
+      results.append({"family": family, "seed": "mean", "widths": mine[0]["widths"], **mean,
+                      **std})
   return results
 
 
@@ -116,16 +135,22 @@ def main(argv):
   print(report.markdown_table(results, floatfmt=".4g"))
   print(f"\nmachine load average (1, 5, 15 min): before {load_before}, after {load_after}; "
         f"benchmark wall-clock {time.perf_counter() - start:.0f} s")
+  several = len(_SEEDS.value) > 1
   for r in results:
+    if several and r["seed"] != "mean":
+      continue
     met = lambda ok: "met" if ok else "MISSED"
-    print(f"{r['family']} at channel sparsity {r['channel_sparsity']:.2f}: ticket drawn at step "
-          f"{r['eb_step']}/{r['steps']}; "
-          f"train FLOPs ratio {r['flops_ratio']:.3f} ({100 * (1 - r['flops_ratio']):.1f}% fewer; "
+    spread = lambda k: f" ± {r[k + '_std']:.3f}" if several else ""
+    print(f"{r['family']} at channel sparsity {r['channel_sparsity']:.2f} "
+          f"({'mean over seeds ' + ','.join(_SEEDS.value) if several else 'seed ' + str(r['seed'])}"
+          f"): ticket drawn at step {r['eb_step']:.0f}/{r['steps']:.0f}; "
+          f"train FLOPs ratio {r['flops_ratio']:.3f}{spread('flops_ratio')} "
+          f"({100 * (1 - r['flops_ratio']):.1f}% fewer; "
           f"target >= 88%: {met(r['flops_ratio'] <= TARGETS['flops'])}); "
-          f"wall-clock ratio {r['seconds_ratio']:.3f} (target <= 0.40: "
+          f"wall-clock ratio {r['seconds_ratio']:.3f}{spread('seconds_ratio')} (target <= 0.40: "
           f"{met(r['seconds_ratio'] <= TARGETS['seconds'])}; CPU time ratio "
           f"{r['cpu_seconds_ratio']:.3f}); "
-          f"metric ratio {r['metric_ratio']:.3f} (target <= 1.10: "
+          f"metric ratio {r['metric_ratio']:.3f}{spread('metric_ratio')} (target <= 1.10: "
           f"{met(r['metric_ratio'] <= TARGETS['metric'])}; same widths from a new init: "
           f"{r['scratch_metric_ratio']:.3f})")
 
