@@ -2,13 +2,17 @@ r"""Benchmark: structured early-bird tickets vs full dense training on Fashion-M
 
   python benchmarks/early_bird.py --workdir=/tmp/lth_eb_bench   # 19 min on 2 cores at load 7-8
   python benchmarks/early_bird.py --families=vae --steps=1000 --sparsities=0.75   # quicker
+  python benchmarks/early_bird.py --families=vae --seeds=0,1,2 --sparsities=0.75 \
+      --part_sparsity=vae:decoder=0.65,encoder=0.8 --imp_levels=1   # BENCHMARKS.md's VAE rows
 
 For each family, :func:`lth_jax.early_bird.run` trains the dense model for ``--steps`` steps, then
 runs the early-bird search (dense training with the BatchNorm L1 penalty, a channel mask every
 ``--interval`` steps, drawn when the last ``--window`` masks are within ``--epsilon``), copies the
 surviving channels into a physically smaller model and trains it for the remaining steps, so both
-runs take the same number of steps. Wall-clock includes compilation on both sides and excludes
-evaluation. Targets (the paper's Table 2 scale of savings):
+runs take the same number of steps; with ``--scratch`` (default) the ticket's widths also train
+from a new init for all steps, with ``--imp_levels`` IMP runs beside it. Several ``--seeds`` train
+together through the ticket runner (a group's time is split evenly over its seeds). Wall-clock
+includes compilation on both sides and excludes evaluation. Targets (the paper's Table 2 scale of savings):
 
 * total training FLOPs (search + ticket) at least 88% below dense training's;
 * total wall-clock at most 40% of dense training's;
@@ -42,6 +46,9 @@ _PART_SPARSITY = flags.DEFINE_multi_string(
     "'dcgan:generator=0.5,discriminator=0.9'): per-network channel fractions.")
 _SCRATCH = flags.DEFINE_bool("scratch", True, "Also train each ticket's widths from a new init "
                              "for all steps (does the search pick more than a size?).")
+_IMP_LEVELS = flags.DEFINE_integer("imp_levels", 0, "Also run IMP (ticket branch, the config's "
+                                   "lottery settings) to this level: its measured training "
+                                   "wall-clock and metric beside the early-bird ticket's.")
 _SCOPE = flags.DEFINE_enum("scope", "layerwise", ["global", "layerwise"],
                            "One |γ| threshold over all BatchNorm layers, or one per layer.")
 _INTERVAL = flags.DEFINE_integer("interval", 10, "Steps between two channel masks.")
@@ -70,7 +77,8 @@ def config_for(family: str, sparsity: float | str):
   config.early_bird.update(kind="structured", sparsity=0.5 if parts else sparsity,
                            part_sparsity=parts, interval=_INTERVAL.value, window=_WINDOW.value,
                            epsilon=_EPSILON.value, bn_l1=_BN_L1.value, rewind=False,
-                           dense_baseline=True, scratch_baseline=_SCRATCH.value)
+                           dense_baseline=True, scratch_baseline=_SCRATCH.value,
+                           imp_levels=_IMP_LEVELS.value)
   return config
 
 
@@ -98,6 +106,7 @@ def run_family(family: str) -> list[dict]:
     for seed in seeds:
       by_run = {r["run"]: r for r in rows if r["seed"] == seed}
       dense, total, scratch = by_run["dense"], by_run["eb_total"], by_run.get("scratch", {})
+      imp = by_run.get("imp", {})
       mine.append({
           "family": family, "seed": seed, "eb_step": total["eb_step"], "steps": dense["steps"],
           "channel_sparsity": total["sparsity"],
@@ -111,7 +120,9 @@ def run_family(family: str) -> list[dict]:
           "flops_ratio": total["flops_vs_dense"], "seconds_ratio": total["seconds_vs_dense"],
           "cpu_seconds_ratio": total["cpu_seconds_vs_dense"],
           "metric_ratio": total["metric_vs_dense"],
-          "scratch_metric_ratio": scratch.get("metric_vs_dense", float("nan"))})
+          "scratch_metric_ratio": scratch.get("metric_vs_dense", float("nan")),
+          "imp_seconds_vs_eb": imp.get("train_seconds", float("nan")) / total["train_seconds"],
+          "imp_metric_ratio": imp.get("metric_vs_dense", float("nan"))})
     results += mine
     if len(seeds) > 1:
       mean = {k: float(np.mean([r[k] for r in mine])) for k, v in mine[0].items()
@@ -152,7 +163,10 @@ def main(argv):
           f"{r['cpu_seconds_ratio']:.3f}); "
           f"metric ratio {r['metric_ratio']:.3f}{spread('metric_ratio')} (target <= 1.10: "
           f"{met(r['metric_ratio'] <= TARGETS['metric'])}; same widths from a new init: "
-          f"{r['scratch_metric_ratio']:.3f})")
+          f"{r['scratch_metric_ratio']:.3f}"
+          + (f"; IMP to level {_IMP_LEVELS.value}: {r['imp_seconds_vs_eb']:.1f}x the early-bird "
+             f"wall-clock, metric ratio {r['imp_metric_ratio']:.3f}" if _IMP_LEVELS.value else "")
+          + ")")
 
 
 if __name__ == "__main__":
