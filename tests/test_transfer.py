@@ -1,6 +1,7 @@
 """Transfer: GAN <-> VAE mask/param maps, mismatch errors, derived configs, a smoke run."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,7 +241,8 @@ KILL_OVERRIDES = ("--config.lottery.branches=('ticket',)", "--config.lottery.lev
 @needs_fmnist
 def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
   """SIGKILL inside the transferred stage (after one of its in-level checkpoints), then the same
-  command again: every transferred run equals an uninterrupted run's."""
+  command again: the transferred run equals an uninterrupted run's (the finished source and
+  target searches are copied from that run, so only the transferred stage trains)."""
   env = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0",
          "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -255,6 +257,8 @@ def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
   out = subprocess.run(command(reference), capture_output=True, text=True, timeout=600, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   killed = tmp_path / "killed"
+  for search in ("source", "target"):   # finished searches are reused: only 'transferred' runs
+    shutil.copytree(reference / search, killed / search)
   proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           env=env)
   target = killed / "transferred" / "level_01" / "checkpoints"
