@@ -580,7 +580,7 @@ class _Run:
       for seed, state, timing in zip(seeds, states, timings):
         _, _, _, info, cost_masks = starts[seed]
         cost = self._cost(family, cost_masks)
-        row = {"run": stage_run(stage), "seed": seed, "steps": steps, "start_step": start_step,
+        row = {"run": "eb_ticket" if stage == "ticket" else stage, "seed": seed, "steps": steps, "start_step": start_step,
                **info, **cost, "train_flops": steps * cost["step_flops"], **timing}
         row = self._finish(family, seed, state, row, f"samples_{stage}.png")
         self._write_json(self.path(stage, seed, "metrics.json"), row)
@@ -624,10 +624,10 @@ class _Run:
       def train_group(indices, states, until_step):
         seeds = [pending[i] for i in indices]
         return self._runner(family, "search").train(
-            [_copy(s) for s in states], [masks[s] for s in seeds], self.train_split.images,
+            states, [masks[s] for s in seeds], self.train_split.images,
             [self.keys[s]["run"] for s in seeds], until_step=until_step)
 
-      results = search(train_group, [self.theta_0[s] for s in pending],
+      results = search(train_group, [_copy(self.theta_0[s]) for s in pending],   # donated
                        mask_fn=self._mask_fn(),
                        detectors=[Detector(window=self.eb.window, epsilon=self.eb.epsilon)
                                   for _ in pending],
@@ -714,11 +714,6 @@ class _Run:
                    "train_seconds": sum(r["group_train_seconds"] for r in mine) / len(self.seeds),
                    self.metric: last[self.metric]}
     return out
-
-
-def stage_run(stage: str) -> str:
-  """The ``run`` column of a stage's rows."""
-  return {"ticket": "eb_ticket"}.get(stage, stage)
 
 
 def _total_row(search_row: dict, ticket_row: dict) -> dict:
