@@ -12,7 +12,8 @@ surviving channels into a physically smaller model and trains it for the remaini
 runs take the same number of steps; with ``--scratch`` (default) the ticket's widths also train
 from a new init for all steps, with ``--imp_levels`` IMP runs beside it. Several ``--seeds`` train
 together through the ticket runner (a group's time is split evenly over its seeds). Wall-clock
-includes compilation on both sides and excludes evaluation. Targets (the paper's Table 2 scale of savings):
+includes compilation on both sides and excludes evaluation. Targets (the paper's Table 2 scale of
+savings):
 
 * total training FLOPs (search + ticket) at least 88% below dense training's;
 * total wall-clock at most 40% of dense training's;
@@ -85,7 +86,7 @@ def config_for(family: str, sparsity: float | str):
 def run_family(family: str) -> list[dict]:
   """One dense baseline per seed and one early-bird ticket per sparsity and seed; returns one
   row per ticket and seed, then (several seeds) one ``seed='mean'`` row per ticket."""
-  results, dense_dirs = [], {}
+  results, shared = [], {}
   tickets = [float(s) for s in _SPARSITIES.value] + [
       text.split(":", 1)[1] for text in _PART_SPARSITY.value if text.split(":", 1)[0] == family]
   seeds = tuple(int(s) for s in _SEEDS.value)
@@ -96,12 +97,14 @@ def run_family(family: str) -> list[dict]:
     workdir = os.path.join(_WORKDIR.value, f"{family}_s{_STEPS.value}_w{_WIDTH.value}_"
                            f"p{name}_{_SCOPE.value}_i{_INTERVAL.value}_seeds"
                            f"{'-'.join(map(str, seeds))}")
-    for seed, source in dense_dirs.items():
-      # Same family, data, model, training and seed: the finished dense stage is reused.
-      if not os.path.exists(os.path.join(workdir, f"dense_seed{seed}")):
-        shutil.copytree(source, os.path.join(workdir, f"dense_seed{seed}"))
+    for name, source in shared.items():
+      # Same family, data, model, training and seeds: finished dense runs and IMP are reused.
+      if not os.path.exists(os.path.join(workdir, name)):
+        shutil.copytree(source, os.path.join(workdir, name))
     rows = early_bird.run(config, workdir)
-    dense_dirs = {seed: os.path.join(workdir, f"dense_seed{seed}") for seed in seeds}
+    shared = {name: os.path.join(workdir, name)
+              for name in [f"dense_seed{seed}" for seed in seeds] + ["imp"]
+              if os.path.exists(os.path.join(workdir, name))}
     mine = []
     for seed in seeds:
       by_run = {r["run"]: r for r in rows if r["seed"] == seed}

@@ -580,8 +580,9 @@ class _Run:
       for seed, state, timing in zip(seeds, states, timings):
         _, _, _, info, cost_masks = starts[seed]
         cost = self._cost(family, cost_masks)
-        row = {"run": "eb_ticket" if stage == "ticket" else stage, "seed": seed, "steps": steps, "start_step": start_step,
-               **info, **cost, "train_flops": steps * cost["step_flops"], **timing}
+        row = {"run": "eb_ticket" if stage == "ticket" else stage, "seed": seed,
+               "steps": steps, "start_step": start_step, **info, **cost,
+               "train_flops": steps * cost["step_flops"], **timing}
         row = self._finish(family, seed, state, row, f"samples_{stage}.png")
         self._write_json(self.path(stage, seed, "metrics.json"), row)
     parallel.barrier(f"early-bird-{stage}")
@@ -655,7 +656,7 @@ class _Run:
                 checkpointing.load_tree(self.path("search", s, "drawn_state"), like=like))
             for s in self.seeds}
 
-  def _ticket_start(self, seed: int, mask, source: steps_lib.TrainState):
+  def _ticket_start(self, mask, source: steps_lib.TrainState):
     """(family, starting state, masks, description columns, masks for the FLOPs count)."""
     if self.structured:
       params, stats = slice_channels(source.params, source.batch_stats, mask, self.groups)
@@ -672,7 +673,7 @@ class _Run:
     return self.family, state, mask, {"sparsity": float(masks_lib.sparsity(mask))}, mask
 
   def ticket(self, searched: dict) -> dict[int, dict]:
-    starts = {s: self._ticket_start(s, searched[s][1],
+    starts = {s: self._ticket_start(searched[s][1],
                                     self.theta_0[s] if self.eb.rewind else searched[s][2])
               for s in self._pending("ticket")}
     return self._train_stage(
@@ -684,7 +685,7 @@ class _Run:
     ``train.steps`` from step 0 with a fresh optimizer: does the search pick more than a size?"""
     starts = {}
     for seed in self._pending("scratch"):
-      family, _, masks, info, cost_masks = self._ticket_start(seed, searched[seed][1],
+      family, _, masks, info, cost_masks = self._ticket_start(searched[seed][1],
                                                               searched[seed][2])
       fresh = family.init(self.keys[seed]["scratch"])            # independent of θ₀
       if not self.structured:
@@ -701,6 +702,9 @@ class _Run:
     last ticket's metric. Seconds: each level's group wall-clock divided by the seeds."""
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.lottery.update(levels=self.eb.imp_levels, branches=("ticket",))
+    # IMP does not depend on the early-bird settings: without them, runs of other early-bird
+    # settings can share (copy) one finished ``imp/``.
+    config.early_bird = ml_collections.ConfigDict()
     rows = lottery.run(config, os.path.join(self.workdir, "imp"))
     rewind = lottery.validate(config, num_train=len(self.train_split.labels))
     steps = config.train.steps + config.lottery.levels * (config.train.steps - rewind)
@@ -732,17 +736,19 @@ def _total_row(search_row: dict, ticket_row: dict) -> dict:
   return row
 
 
+_RATIO_OF = {"train_flops": "flops_vs_dense", "train_seconds": "seconds_vs_dense",
+             "train_cpu_seconds": "cpu_seconds_vs_dense", "metric": "metric_vs_dense"}
+RATIOS = tuple(_RATIO_OF.values())
+
+
 def _with_ratios(row: dict, dense_row: dict, metric: str) -> dict:
   """``row`` plus its training FLOPs, seconds, CPU seconds and metric as ratios to dense's."""
   row = dict(row)
-  for key, ratio in (("train_flops", "flops_vs_dense"), ("train_seconds", "seconds_vs_dense"),
-                     ("train_cpu_seconds", "cpu_seconds_vs_dense"), (metric, "metric_vs_dense")):
+  for key, ratio in _RATIO_OF.items():
+    key = metric if key == "metric" else key
     if key in row:
       row[ratio] = row[key] / dense_row[key]
   return row
-
-
-RATIOS = ("flops_vs_dense", "seconds_vs_dense", "cpu_seconds_vs_dense", "metric_vs_dense")
 
 
 def write_reports(workdir: str, rows: list[dict], metric: str, *, kind: str) -> str:
