@@ -32,10 +32,10 @@ A pruned channel in the big model is exactly a removed channel in the small one
 ReLU / LeakyReLU keep it 0.
 
 ``run(config, workdir)`` trains the dense baseline, runs the search, trains the ticket (from the
-drawn weights, or rewound to the initial weights with ``early_bird.rewind``; a fresh optimizer
-for a sliced model, the masked optimizer state otherwise) to the same total step count, evaluates
-both and reports analytic FLOPs (:mod:`lth_jax.flops`) and measured wall-clock; optionally also the
-ticket's architecture trained from a new init (``early_bird.scratch_baseline``: does the search
+drawn weights and optimizer state, sliced for a smaller model (:func:`slice_opt_state`), masked
+otherwise; or rewound to the initial weights with ``early_bird.rewind``) to the same total step
+count, evaluates both and reports analytic FLOPs (:mod:`lth_jax.flops`) and measured
+wall-clock; optionally also the ticket's architecture trained from a new init (``early_bird.scratch_baseline``: does the search
 find more than a size?) and IMP to a given level (``early_bird.imp_levels``). Every stage runs
 all ``tickets.seeds`` as groups of same-shaped tickets through
 :class:`lth_jax.parallel.TicketRunner` (sharded over the mesh's devices and processes), and the
@@ -389,34 +389,61 @@ def mask_channels(params: PyTree, cmasks: dict, groups: list[ChannelGroup]) -> P
   return out
 
 
-def slice_channels(params: PyTree, batch_stats: PyTree, cmasks: dict,
-                   groups: list[ChannelGroup]) -> tuple[PyTree, PyTree]:
-  """Copies the kept channels into the params and BatchNorm statistics of the smaller model.
+def _channel_takes(cmasks: dict, groups: list[ChannelGroup]) -> dict[str, list]:
+  """``{leaf path: [(axis, kept indices), ...]}``: what the smaller model keeps of each leaf.
 
-  The producer's kernel is sliced on its output axis (and its bias), the consumer's kernel on its
-  input axis, the BatchNorm's scale, bias, mean and var on the channel axis. Host-side (the kept
-  indices are concrete). Build the matching family with ``widths=channel_widths(...)``.
-
-  Returns:
-    ``(params, batch_stats)`` of the small model.
+  The producer's kernel keeps its output axis' kept channels (and its bias), the consumer's kernel
+  its input axis', the BatchNorm's scale, bias, mean and var theirs. Paths name params and
+  ``batch_stats`` leaves alike.
   """
-  params, stats = _copy(params), _copy(batch_stats)
+  takes: dict[str, list] = {}
   for g in groups:
     idx = np.flatnonzero(np.asarray(cmasks[g.name]))
     if idx.size == 0:
       raise ValueError(f"channel mask of {g.name!r} keeps no channel; every layer needs >= 1")
-    producer = _get(params, g.name)
-    _set(params, f"{g.name}/kernel", jnp.take(producer["kernel"], idx, axis=-1))
-    if "bias" in producer:
-      _set(params, f"{g.name}/bias", jnp.take(producer["bias"], idx))
-    _set(params, f"{g.consumer}/kernel",
-         jnp.take(_get(params, g.consumer + "/kernel"), idx, axis=-2))
+    takes.setdefault(f"{g.name}/kernel", []).append((-1, idx))
+    takes.setdefault(f"{g.name}/bias", []).append((0, idx))
+    takes.setdefault(f"{g.consumer}/kernel", []).append((-2, idx))
     if g.bn is not None:
-      for leaf in ("scale", "bias"):
-        _set(params, f"{g.bn}/{leaf}", jnp.take(_get(params, f"{g.bn}/{leaf}"), idx))
-      for leaf in ("mean", "var"):
-        _set(stats, f"{g.bn}/{leaf}", jnp.take(_get(stats, f"{g.bn}/{leaf}"), idx))
-  return params, stats
+      for leaf in ("scale", "bias", "mean", "var"):
+        takes.setdefault(f"{g.bn}/{leaf}", []).append((0, idx))
+  return takes
+
+
+def _slice_leaf(leaf: jax.Array, takes) -> jax.Array:
+  for axis, idx in takes:
+    leaf = jnp.take(leaf, idx, axis=axis)
+  return leaf
+
+
+def _slice_tree(tree: PyTree, takes: dict[str, list]) -> PyTree:
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: _slice_leaf(x, takes.get(masks_lib.path_str(p), ())), tree)
+
+
+def slice_channels(params: PyTree, batch_stats: PyTree, cmasks: dict,
+                   groups: list[ChannelGroup]) -> tuple[PyTree, PyTree]:
+  """Copies the kept channels into the params and BatchNorm statistics of the smaller model.
+
+  Host-side (the kept indices are concrete). Build the matching family with
+  ``widths=channel_widths(...)``.
+
+  Returns:
+    ``(params, batch_stats)`` of the small model.
+  """
+  takes = _channel_takes(cmasks, groups)
+  return _slice_tree(params, takes), _slice_tree(batch_stats, takes)
+
+
+def slice_opt_state(family: steps_lib.Family, opt_state: PyTree, params: PyTree, cmasks: dict,
+                    groups: list[ChannelGroup]) -> PyTree:
+  """The big model's optimizer state for the smaller model: every per-parameter tree in it
+  (Adam's moments, momentum, ...) sliced like :func:`slice_channels` slices ``params`` (the big
+  model's); step counts are kept, so the ticket continues the optimizer's trajectory."""
+  takes = _channel_takes(cmasks, groups)
+  paths = jax.tree_util.tree_map_with_path(lambda p, _: masks_lib.path_str(p), params)
+  return steps_lib.map_opt_params(family, opt_state,
+                                  lambda x, path: _slice_leaf(x, takes.get(path, ())), paths)
 
 
 def channel_widths(cmasks: dict, groups: list[ChannelGroup]) -> dict[str, tuple[int, ...]]:
@@ -662,8 +689,9 @@ class _Run:
       params, stats = slice_channels(source.params, source.batch_stats, mask, self.groups)
       widths = channel_widths(mask, self.groups)
       family = training.family_from_config(self.config, widths=widths)
-      state = steps_lib.TrainState(source.step, params, stats,
-                                   steps_lib.fresh_opt_state(family, params))
+      state = steps_lib.TrainState(
+          source.step, params, stats,
+          slice_opt_state(self.family, source.opt_state, source.params, mask, self.groups))
       info = {"sparsity": channel_sparsity(mask),
               "widths": " ".join(f"{p}={'x'.join(map(str, w))}" for p, w in widths.items())}
       return family, state, self.dense_masks(family, params), info, None

@@ -76,6 +76,15 @@ def mask_opt_state(family: Family, opt_state, masks) -> PyTree:
   return {k: optim.mask_state(family.optimizers[k], opt_state[k], masks[k]) for k in opt_state}
 
 
+def map_opt_params(family: Family, opt_state, f, *rest) -> PyTree:
+  """Applies ``f(leaf, *rest_leaves)`` to every params-shaped tree in ``opt_state`` (moments,
+  traces; counts untouched); ``rest`` are trees shaped like the whole params."""
+  if "all" in family.optimizers:
+    return optax.tree_utils.tree_map_params(family.optimizers["all"], f, opt_state, *rest)
+  return {k: optax.tree_utils.tree_map_params(family.optimizers[k], f, opt_state[k],
+                                              *(r[k] for r in rest)) for k in opt_state}
+
+
 def fresh_opt_state(family: Family, params) -> PyTree:
   """A new optimizer state for ``params`` (rewinding without the optimizer)."""
   if "all" in family.optimizers:
