@@ -34,14 +34,14 @@ ReLU / LeakyReLU keep it 0.
 ``run(config, workdir)`` trains the dense baseline, runs the search, trains the ticket (from the
 drawn weights and optimizer state, sliced for a smaller model (:func:`slice_opt_state`), masked
 otherwise; or rewound to the initial weights with ``early_bird.rewind``) to the same total step
-count, evaluates both and reports analytic FLOPs (:mod:`lth_jax.flops`) and measured
-wall-clock; optionally also the ticket's architecture trained from a new init (``early_bird.scratch_baseline``: does the search
-find more than a size?) and IMP to a given level (``early_bird.imp_levels``). Every stage runs
-all ``tickets.seeds`` as groups of same-shaped tickets through
+count, evaluates both and reports analytic FLOPs (:mod:`lth_jax.flops`) and measured wall-clock;
+optionally also the ticket's architecture trained from a new init (``early_bird.scratch_baseline``:
+does the search find more than a size?) and IMP to a given level (``early_bird.imp_levels``). Every
+stage runs all ``tickets.seeds`` as groups of same-shaped tickets through
 :class:`lth_jax.parallel.TicketRunner` (sharded over the mesh's devices and processes), and the
-reports add mean ± std over seeds. Each stage writes its outputs per seed and skips the seeds
-whose outputs exist. ``early_bird.part_sparsity`` sets a channel fraction per network (e.g. a
-DCGAN's discriminator costs 3 forward passes per step and can be pruned harder).
+reports add mean ± std over seeds. Each stage writes its outputs per seed and skips the seeds whose
+outputs exist. ``early_bird.part_sparsity`` sets a channel fraction per network (e.g. a DCGAN's
+discriminator costs 3 forward passes per step and can be pruned harder).
 """
 
 from __future__ import annotations
