@@ -1,9 +1,9 @@
 r"""Benchmark: structured early-bird tickets vs full dense training on Fashion-MNIST (GAN, VAE).
 
-  python benchmarks/early_bird.py --workdir=/tmp/lth_eb_bench   # 19 min on 2 cores at load 7-8
-  python benchmarks/early_bird.py --families=vae --steps=1000 --sparsities=0.75   # quicker
   python benchmarks/early_bird.py --families=vae --seeds=0,1,2 --sparsities=0.75 \
-      --part_sparsity=vae:decoder=0.65,encoder=0.8 --imp_levels=1   # BENCHMARKS.md's VAE rows
+      --part_sparsity=vae:decoder=0.65,encoder=0.8                  # BENCHMARKS.md's VAE rows
+  python benchmarks/early_bird.py --families=dcgan --seeds=0,1,2 --sparsities=0.75  # DCGAN rows
+  python benchmarks/early_bird.py --families=vae --width=32 --steps=1000 --sparsities=0.75  # quick
 
 For each family, :func:`lth_jax.early_bird.run` trains the dense model for ``--steps`` steps, then
 runs the early-bird search (dense training with the BatchNorm L1 penalty, a channel mask every
@@ -38,7 +38,7 @@ from lth_jax import report
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/lth_eb_bench", "Root of the runs' workdirs.")
 _FAMILIES = flags.DEFINE_list("families", ["dcgan", "vae"], "Families to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 2000, "Dense training steps (= search + ticket steps).")
-_WIDTH = flags.DEFINE_integer("width", 32, "Base width h of the dense models.")
+_WIDTH = flags.DEFINE_integer("width", 64, "Base width h of the dense models (the paper's 64).")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.75", "0.5"],
                                  "Fractions of hidden channels pruned (one ticket each; the dense "
                                  "baseline is trained once per family and shared).")
