@@ -47,6 +47,8 @@ _PART_SPARSITY = flags.DEFINE_multi_string(
     "'dcgan:generator=0.5,discriminator=0.9'): per-network channel fractions.")
 _SCRATCH = flags.DEFINE_bool("scratch", True, "Also train each ticket's widths from a new init "
                              "for all steps (does the search pick more than a size?).")
+_REWIND = flags.DEFINE_bool("rewind", False, "Train the ticket from the initial weights θ₀ "
+                            "(sliced) instead of the drawn weights and optimizer state.")
 _IMP_LEVELS = flags.DEFINE_integer("imp_levels", 0, "Also run IMP (ticket branch, the config's "
                                    "lottery settings) to this level: its measured training "
                                    "wall-clock and metric beside the early-bird ticket's.")
@@ -77,7 +79,7 @@ def config_for(family: str, sparsity: float | str):
   parts = sparsity if isinstance(sparsity, str) else ""
   config.early_bird.update(kind="structured", sparsity=0.5 if parts else sparsity,
                            part_sparsity=parts, interval=_INTERVAL.value, window=_WINDOW.value,
-                           epsilon=_EPSILON.value, bn_l1=_BN_L1.value, rewind=False,
+                           epsilon=_EPSILON.value, bn_l1=_BN_L1.value, rewind=_REWIND.value,
                            dense_baseline=True, scratch_baseline=_SCRATCH.value,
                            imp_levels=_IMP_LEVELS.value)
   return config
@@ -95,7 +97,8 @@ def run_family(family: str) -> list[dict]:
     config = config_for(family, sparsity)
     name = sparsity if isinstance(sparsity, float) else sparsity.replace(",", "_")
     workdir = os.path.join(_WORKDIR.value, f"{family}_s{_STEPS.value}_w{_WIDTH.value}_"
-                           f"p{name}_{_SCOPE.value}_i{_INTERVAL.value}_seeds"
+                           f"p{name}_{_SCOPE.value}_i{_INTERVAL.value}"
+                           f"{'_rewind' if _REWIND.value else ''}_seeds"
                            f"{'-'.join(map(str, seeds))}")
     for name, source in shared.items():
       # Same family, data, model, training and seeds: finished dense runs and IMP are reused.
