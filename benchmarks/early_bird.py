@@ -38,7 +38,8 @@ from lth_jax import report
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/lth_eb_bench", "Root of the runs' workdirs.")
 _FAMILIES = flags.DEFINE_list("families", ["dcgan", "vae"], "Families to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 2000, "Dense training steps (= search + ticket steps).")
-_WIDTH = flags.DEFINE_integer("width", 64, "Base width h of the dense models (DCGAN's standard 64).")
+_WIDTH = flags.DEFINE_integer("width", 64,
+                              "Base width h of the dense models (DCGAN's standard 64).")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.75", "0.5"],
                                  "Fractions of hidden channels pruned (one ticket each; the dense "
                                  "baseline is trained once per family and shared).")
