@@ -41,11 +41,16 @@ _STEPS = flags.DEFINE_integer("steps", 2000, "Dense training steps (= search + t
 _WIDTH = flags.DEFINE_integer("width", 64,
                               "Base width h of the dense models (DCGAN's standard 64).")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.75", "0.5"],
-                                 "Fractions of hidden channels pruned (one ticket each; the dense "
-                                 "baseline is trained once per family and shared).")
+                                 "Fractions of hidden channels (structured) or of prunable weights "
+                                 "(unstructured) pruned; one ticket each, the dense baseline is "
+                                 "trained once per family and shared.")
 _PART_SPARSITY = flags.DEFINE_multi_string(
     "part_sparsity", [], "One more ticket per value 'family:part=fraction,part=fraction' (e.g. "
     "'dcgan:generator=0.5,discriminator=0.9'): per-network channel fractions.")
+_KIND = flags.DEFINE_enum("kind", "structured", ["structured", "unstructured"],
+                          "Structured: channel-pruned, physically smaller ticket (the issue's "
+                          "benchmark); unstructured: a magnitude mask, trained masked (its "
+                          "FLOPs count nonzero weights, its wall-clock stays dense).")
 _SCRATCH = flags.DEFINE_bool("scratch", True, "Also train each ticket's widths from a new init "
                              "for all steps (does the search pick more than a size?).")
 _REWIND = flags.DEFINE_bool("rewind", False, "Train the ticket from the initial weights θ₀ "
@@ -78,7 +83,7 @@ def config_for(family: str, sparsity: float | str):
   config.eval.num_samples = _NUM_SAMPLES.value
   config.prune.scope = _SCOPE.value
   parts = sparsity if isinstance(sparsity, str) else ""
-  config.early_bird.update(kind="structured", sparsity=0.5 if parts else sparsity,
+  config.early_bird.update(kind=_KIND.value, sparsity=0.5 if parts else sparsity,
                            part_sparsity=parts, interval=_INTERVAL.value, window=_WINDOW.value,
                            epsilon=_EPSILON.value, bn_l1=_BN_L1.value, rewind=_REWIND.value,
                            dense_baseline=True, scratch_baseline=_SCRATCH.value,
@@ -99,7 +104,8 @@ def run_family(family: str) -> list[dict]:
     name = sparsity if isinstance(sparsity, float) else sparsity.replace(",", "_")
     workdir = os.path.join(_WORKDIR.value, f"{family}_s{_STEPS.value}_w{_WIDTH.value}_"
                            f"p{name}_{_SCOPE.value}_i{_INTERVAL.value}"
-                           f"{'_rewind' if _REWIND.value else ''}_seeds"
+                           f"{'_rewind' if _REWIND.value else ''}"
+                           f"{'_unstructured' if _KIND.value == 'unstructured' else ''}_seeds"
                            f"{'-'.join(map(str, seeds))}")
     for name, source in shared.items():
       # Same family, data, model, training and seeds: finished dense runs and IMP are reused.
@@ -116,7 +122,7 @@ def run_family(family: str) -> list[dict]:
       imp = by_run.get("imp", {})
       mine.append({
           "family": family, "seed": seed, "eb_step": total["eb_step"], "steps": dense["steps"],
-          "channel_sparsity": total["sparsity"],
+          "sparsity": total["sparsity"],
           "widths": by_run["eb_ticket"].get("widths", ""),
           "dense_train_flops": dense["train_flops"], "eb_train_flops": total["train_flops"],
           "dense_seconds": dense["train_seconds"],
@@ -159,7 +165,7 @@ def main(argv):
       continue
     met = lambda ok: "met" if ok else "MISSED"
     spread = lambda k: f" ± {r[k + '_std']:.3f}" if several else ""
-    print(f"{r['family']} at channel sparsity {r['channel_sparsity']:.2f} "
+    print(f"{r['family']} at {_KIND.value} sparsity {r['sparsity']:.2f} "
           f"({'mean over seeds ' + ','.join(_SEEDS.value) if several else 'seed ' + str(r['seed'])}"
           f"): ticket drawn at step {r['eb_step']:.0f}/{r['steps']:.0f}; "
           f"train FLOPs ratio {r['flops_ratio']:.3f}{spread('flops_ratio')} "
