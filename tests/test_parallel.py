@@ -176,10 +176,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# XLA's CPU collectives abort a run when a device thread reaches an all-reduce 40 s after the
+# others (seen once on 2 cores running the suite beside 4-device workers): allow 15 min.
+_PATIENT_COLLECTIVES = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=120 "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
+                        "--xla_cpu_collective_timeout_seconds=900")
+
+
 def _worker(*args, devices, **env):
   env = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0", "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": ROOT,
-         **env}
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {_PATIENT_COLLECTIVES}",
+         "PYTHONPATH": ROOT, **env}
   return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)], env=env,
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
