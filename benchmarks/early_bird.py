@@ -10,10 +10,11 @@ runs the early-bird search (dense training with the BatchNorm L1 penalty, a chan
 ``--interval`` steps, drawn when the last ``--window`` masks are within ``--epsilon``), copies the
 surviving channels into a physically smaller model and trains it for the remaining steps, so both
 runs take the same number of steps; with ``--scratch`` (default) the ticket's widths also train
-from a new init for all steps, with ``--imp_levels`` IMP runs beside it. Several ``--seeds`` train
-together through the ticket runner (a group's time is split evenly over its seeds). Wall-clock
-includes compilation on both sides and excludes evaluation. Targets (the paper's Table 2 scale of
-savings):
+from a new init for all steps, with ``--imp_levels`` IMP runs beside it. ``--kind=unstructured``
+draws a magnitude mask instead, trained masked at full size (its FLOPs count nonzero weights).
+Several ``--seeds`` train together through the ticket runner (a group's time is split evenly over
+its seeds). Wall-clock includes compilation on both sides and excludes evaluation. Targets (the
+paper's Table 2 scale of savings):
 
 * total training FLOPs (search + ticket) at least 88% below dense training's;
 * total wall-clock at most 40% of dense training's;
@@ -51,8 +52,8 @@ _KIND = flags.DEFINE_enum("kind", "structured", ["structured", "unstructured"],
                           "Structured: channel-pruned, physically smaller ticket (the issue's "
                           "benchmark); unstructured: a magnitude mask, trained masked (its "
                           "FLOPs count nonzero weights, its wall-clock stays dense).")
-_SCRATCH = flags.DEFINE_bool("scratch", True, "Also train each ticket's widths from a new init "
-                             "for all steps (does the search pick more than a size?).")
+_SCRATCH = flags.DEFINE_bool("scratch", True, "Also train each ticket's widths (or mask) from a "
+                             "new init for all steps (does the search pick more than a size?).")
 _REWIND = flags.DEFINE_bool("rewind", False, "Train the ticket from the initial weights θ₀ "
                             "(sliced) instead of the drawn weights and optimizer state.")
 _IMP_LEVELS = flags.DEFINE_integer("imp_levels", 0, "Also run IMP (ticket branch, the config's "
