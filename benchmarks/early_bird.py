@@ -1,4 +1,4 @@
-r"""Benchmark: structured early-bird tickets vs full dense training on Fashion-MNIST (GAN, VAE).
+r"""Benchmark: early-bird tickets (structured by default) vs dense training on Fashion-MNIST.
 
   python benchmarks/early_bird.py --families=vae --seeds=0,1,2 --sparsities=0.75 \
       --part_sparsity=vae:decoder=0.65,encoder=0.8                  # BENCHMARKS.md's VAE rows
@@ -47,7 +47,7 @@ _SPARSITIES = flags.DEFINE_list("sparsities", ["0.75", "0.5"],
                                  "trained once per family and shared.")
 _PART_SPARSITY = flags.DEFINE_multi_string(
     "part_sparsity", [], "One more ticket per value 'family:part=fraction,part=fraction' (e.g. "
-    "'dcgan:generator=0.5,discriminator=0.9'): per-network channel fractions.")
+    "'dcgan:generator=0.5,discriminator=0.9'): per-network fractions, as --sparsities.")
 _KIND = flags.DEFINE_enum("kind", "structured", ["structured", "unstructured"],
                           "Structured: channel-pruned, physically smaller ticket (the issue's "
                           "benchmark); unstructured: a magnitude mask, trained masked (its "
