@@ -10,8 +10,9 @@ runs 40-70x slower for convolutions). Which is faster depends on the backend;
 ``ticket`` axis size is padded with copies of the last ticket, whose results are dropped.
 
 One after another, each ticket is bit-identical to the same ticket trained alone by
-``steps.jit_multi_step`` in the same process (tested on 2 and 4 devices); vmapped or with a
-batch split over ``data``, equal within float tolerance.
+``steps.jit_multi_step`` in the same process (tested on 2 and 4 devices with XLA's default
+threads; with ``PJRT_NPROC=8`` on 4 devices one ticket in three differed in the last bits);
+vmapped or with a batch split over ``data``, equal within float tolerance.
 
 The ``data`` axis splits each ticket's batch over ``data_parallel`` devices: the batch drawn by
 ``data.sample_batch`` is constrained to the ambient mesh's ``data`` axis (``data.shard_batch``)
@@ -35,12 +36,14 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -89,6 +92,42 @@ def make_mesh(*, data_parallel: int = 1, devices: Sequence[jax.Device] | None = 
   if devices is None:
     return jax.make_mesh(shape, AXES, axis_types=auto)
   return jax.sharding.Mesh(np.array(list(devices)).reshape(shape), AXES, axis_types=auto)
+
+
+def cpu_collective_deadlock_risk(mesh: jax.sharding.Mesh, *,
+                                 environ: Mapping[str, str] = os.environ,
+                                 cores: int | None = None) -> str | None:
+  """Why XLA's CPU client may deadlock this mesh's collectives, or None if it won't.
+
+  XLA's CPU client launches each device's part of a multi-device program on one pool of
+  ``max(cores, devices)`` threads (``PJRT_NPROC``, else ``NPROC``, replaces the core count).
+  A ``data`` axis > 1 puts all-reduces in the program; with no spare thread, the devices already
+  in an all-reduce wait for a device whose launch waits for a free thread, for ever. Seen with
+  4 forced host devices on 2 cores (native stacks in BUILD_NOTES.md); ``PJRT_NPROC`` set to
+  twice the device count never hung in the same stress loop.
+
+  Args:
+    mesh: a ``('ticket', 'data')`` mesh.
+    environ: the environment the process started with (XLA reads it once, at start-up).
+    cores: CPUs this process may run on (default: ``os.sched_getaffinity``, as XLA counts).
+  """
+  devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  if len(devices) < 2 or devices[0].platform != "cpu" or mesh.shape["data"] == 1:
+    return None
+  overrides = [environ.get(name, "") for name in ("PJRT_NPROC", "NPROC")]
+  overrides = [int(v) for v in overrides if v.strip().isdigit()]
+  if overrides:
+    cores = overrides[0]
+  elif not cores:
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+  threads = max(cores, len(devices))
+  if threads >= 2 * len(devices):
+    return None
+  return (f"tickets.data_parallel={mesh.shape['data']} on {len(devices)} CPU devices with "
+          f"{threads} XLA client threads: XLA's CPU collectives can deadlock when the thread "
+          f"pool has no spare thread. Start Python with PJRT_NPROC={2 * len(devices)} (or more) "
+          "in the environment.")
 
 
 def barrier(name: str) -> None:
@@ -140,6 +179,9 @@ class TicketRunner:
     self.steps_per_call = steps_per_call
     self.multiprocess = len({d.process_index for d in mesh.devices.flat}) > 1
     self._fns: dict = {}
+    risk = cpu_collective_deadlock_risk(mesh)
+    if risk:
+      logging.warning(risk)
 
   @property
   def num_shards(self) -> int:
@@ -163,7 +205,7 @@ class TicketRunner:
     """Jitted ``(states, masks, images, key_data) -> (states, metrics)`` over stacked tickets.
 
     With ``data`` of size 1 the program has no collective at all: tickets are independent (and
-    XLA CPU's forced host devices can deadlock in collectives when they outnumber its threads).
+    clear of XLA CPU's collective deadlock, see :func:`cpu_collective_deadlock_risk`).
     """
     key = (n, block, str(impl))
     if key in self._fns:

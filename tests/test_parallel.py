@@ -101,12 +101,21 @@ def _batch_shapes(runner, t):
   return sorted({int(b) for b in re.findall(r"f32\[(\d+),32,32,1\]", text)})
 
 
-def worker_devices(out_path):
-  """Scenarios on this process's forced host devices; writes flat states to ``out_path``."""
-  n = jax.device_count()
-  results, info = {}, {"devices": n}
-  cases = [("seq3", 3, "sequential", 1), ("vmap3", 3, "vmap", 1)] if n == 2 else \
-      [("seq3", 3, "sequential", 1), ("data2", 2, "sequential", 2)]
+# Device workers: name -> (forced host devices, environment, [(case, tickets, execution,
+# data_parallel)]). The data axis's all-reduce deadlocked with as many XLA client threads as
+# devices (2 cores, 4 devices; parallel.cpu_collective_deadlock_risk), so its worker gets twice
+# as many. It is a worker of its own: with 8 XLA threads one of the three seq3 tickets is no
+# longer bit-identical to itself alone (last bits).
+SCENARIOS = {"tickets2": (2, {}, [("seq3", 3, "sequential", 1), ("vmap3", 3, "vmap", 1)]),
+             "tickets4": (4, {}, [("seq3", 3, "sequential", 1)]),
+             "data4": (4, {"PJRT_NPROC": "8"}, [("data2", 2, "sequential", 2)])}
+
+
+def worker_devices(scenario, out_path):
+  """One of SCENARIOS on this process's forced host devices; writes flat states to ``out_path``.
+  """
+  cases = SCENARIOS[scenario][2]
+  results, info = {}, {"devices": jax.device_count()}
   for name, t, execution, dp in cases:
     runner, out = _train(t, execution=execution, data_parallel=dp)
     info[name] = {"returned": len(out), "owners": runner.owners(t)}
@@ -114,6 +123,7 @@ def worker_devices(out_path):
       results[f"{name}/{i}"] = flat(s)
     if dp > 1:
       info[name]["batch_shapes"] = _batch_shapes(runner, t)
+      info[name]["risk"] = parallel.cpu_collective_deadlock_risk(runner.mesh)
     if name == "seq3":   # the same program again, with ticket 1 blown up
       states, tree, keys = tickets("dcgan", 3)
       bad = states[1]._replace(params=jax.tree.map(lambda x: x * np.nan, states[1].params))
@@ -121,7 +131,7 @@ def worker_devices(out_path):
         runner.train([states[0], bad, states[2]], tree, images(), keys, until_step=1)
       except FloatingPointError as e:
         info[name]["divergence"] = str(e)
-  for i, alone in enumerate(run_alone(family(), 3)):
+  for i, alone in enumerate(run_alone(family(), max(t for _, t, _, _ in cases))):
     results[f"alone/{i}"] = alone
   np.savez(out_path, **results)
   with open(out_path + ".json", "w") as f:
@@ -176,16 +186,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-# XLA's CPU collectives abort a run when a device thread reaches an all-reduce 40 s after the
-# others (seen once on 2 cores running the suite beside 4-device workers): allow 15 min.
-_PATIENT_COLLECTIVES = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=120 "
-                        "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
-                        "--xla_cpu_collective_timeout_seconds=900")
+# A collective that hangs aborts its worker after 5 min, with XLA's message in the output.
+_COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=60 "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=300 "
+                        "--xla_cpu_collective_timeout_seconds=300")
 
 
 def _worker(*args, devices, **env):
-  env = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0", "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {_PATIENT_COLLECTIVES}",
+  # XLA's thread count changes the last bits (SCENARIOS): only a scenario sets PJRT_NPROC.
+  inherited = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
+  env = {**inherited, "JAX_THREEFRY_PARTITIONABLE": "0", "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {_COLLECTIVE_TIMEOUTS}",
          "PYTHONPATH": ROOT, **env}
   return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)], env=env,
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -204,7 +215,8 @@ def workers(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("parallel")
   with_lottery = fmnist_available()
   port = _free_port()
-  procs = {f"d{n}": _worker("devices", tmp / f"d{n}.npz", devices=n) for n in (2, 4)}
+  procs = {name: _worker("devices", name, tmp / f"{name}.npz", devices=n, **env)
+           for name, (n, env, _) in SCENARIOS.items()}
   procs.update({f"p{pid}": _worker("processes", tmp, int(with_lottery), devices=1,
                                    LTH_JAX_COORDINATOR=f"127.0.0.1:{port}",
                                    LTH_JAX_NUM_PROCESSES="2", LTH_JAX_PROCESS_ID=str(pid))
@@ -225,12 +237,11 @@ def runs(workers):
   results = {"dir": tmp}
   for name, proc in procs.items():
     results[f"out_{name}"] = _finish(proc)
-  for n in (2, 4):
-    with np.load(tmp / f"d{n}.npz") as f:
-      results.update({k.replace("alone/", f"alone{n}/").replace("seq3/", f"seq3_{n}/"): v
-                      for k, v in f.items()})
-    with open(tmp / f"d{n}.npz.json") as f:
-      results[f"info{n}"] = json.load(f)
+  for name in SCENARIOS:
+    with np.load(tmp / f"{name}.npz") as f:
+      results[name] = dict(f)
+    with open(tmp / f"{name}.npz.json") as f:
+      results[name]["info"] = json.load(f)
   return results
 
 
@@ -288,6 +299,20 @@ def test_bad_runner_settings():
                                                                ("x",)))
 
 
+def test_cpu_collective_deadlock_risk():
+  one = jax.devices()[:1]      # a mesh may repeat a device: 4 'CPU devices' in this process
+  risk = functools.partial(parallel.cpu_collective_deadlock_risk,
+                           jax.sharding.Mesh(np.array(one * 4).reshape(2, 2), parallel.AXES))
+  assert "Start Python with PJRT_NPROC=8" in risk(environ={}, cores=2)
+  assert "with 7 XLA client threads" in risk(environ={"PJRT_NPROC": "7", "NPROC": "64"}, cores=2)
+  assert risk(environ={"PJRT_NPROC": "8"}, cores=2) is None
+  assert risk(environ={"NPROC": "8"}, cores=2) is None
+  assert "with 4 XLA client threads" in risk(environ={"PJRT_NPROC": "eight"}, cores=2)
+  assert risk(environ={}, cores=8) is None
+  tickets_only = jax.sharding.Mesh(np.array(one * 4).reshape(4, 1), parallel.AXES)
+  assert parallel.cpu_collective_deadlock_risk(tickets_only, environ={}, cores=1) is None
+
+
 @pytest.mark.parametrize("execution,platform,expected", [
     ("auto", "cpu", "sequential"), ("auto", "gpu", "vmap"), ("auto", "tpu", "vmap"),
     ("vmap", "cpu", "vmap"), ("sequential", "tpu", "sequential")])
@@ -298,25 +323,28 @@ def test_resolve_execution(execution, platform, expected):
 # ------------------------------------------------------------- tests on the workers' results
 def test_sequential_tickets_are_bit_identical_to_each_alone(runs):
   # 3 tickets padded to 4: blocks of 2 on 2 devices, of 1 on 4 devices.
-  for n in (2, 4):
-    info = runs[f"info{n}"]["seq3"]
+  for name in ("tickets2", "tickets4"):
+    run = runs[name]
+    info = run["info"]["seq3"]
     assert info["returned"] == 3 and info["owners"] == [0, 0, 0]
     assert info["divergence"] == "ticket(s) [1] diverged: NaN/Inf loss or params after step 1"
     for i in range(3):
-      np.testing.assert_array_equal(runs[f"seq3_{n}/{i}"], runs[f"alone{n}/{i}"],
-                                    f"{n} devices, ticket {i}")
+      np.testing.assert_array_equal(run[f"seq3/{i}"], run[f"alone/{i}"], f"{name}, ticket {i}")
 
 
 def test_vmapped_tickets_match_each_alone(runs):
   for i in range(3):
-    np.testing.assert_allclose(runs[f"vmap3/{i}"], runs[f"alone2/{i}"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(runs["tickets2"][f"vmap3/{i}"], runs["tickets2"][f"alone/{i}"],
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_data_axis_splits_each_batch_and_matches(runs):
   # 4 devices = 2 tickets x 2 data shards: the real batch of 8 is split into 4 + 4.
-  assert 4 in runs["info4"]["data2"]["batch_shapes"]
+  run = runs["data4"]
+  assert 4 in run["info"]["data2"]["batch_shapes"]
   for i in range(2):
-    np.testing.assert_allclose(runs[f"data2/{i}"], runs[f"alone4/{i}"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run[f"data2/{i}"], run[f"alone/{i}"], rtol=1e-4, atol=1e-5)
+  assert run["info"]["data2"]["risk"] is None     # the worker runs with PJRT_NPROC=8
 
 
 def test_two_processes_split_tickets_checkpoint_and_resume(runs):
@@ -356,6 +384,6 @@ def test_two_process_lottery_search_equals_one_process(runs):
 if __name__ == "__main__":
   jax.config.update("jax_threefry_partitionable", False)
   if sys.argv[1] == "devices":
-    worker_devices(sys.argv[2])
+    worker_devices(sys.argv[2], sys.argv[3])
   else:
     worker_processes(sys.argv[2], bool(int(sys.argv[3])))
