@@ -7,6 +7,7 @@ that hung CI's test worker (BUILD_NOTES.md, "Many tickets"). Meanwhile ``--hogs`
 processes load the cores. A run counts as hung when XLA logs that a collective has waited
 ``--stuck_seconds`` for its peers (a deadlock never recovers); it is then killed. Reported per
 ``PJRT_NPROC`` setting: runs, hangs, and the median seconds of the runs that finished.
+``--data_only`` skips the sequential tickets, to see whether earlier multi-device work matters.
 
 XLA's CPU client gives multi-device programs ``max(cores, devices)`` threads, ``PJRT_NPROC``
 replacing the core count: on 2 cores with 4 devices, 4 threads by default.
@@ -14,7 +15,8 @@ replacing the core count: on 2 cores with 4 devices, 4 threads by default.
 Run (about 10 minutes on 2 cores with the defaults)::
 
   .venv/bin/python benchmarks/collective_deadlock.py
-  .venv/bin/python benchmarks/collective_deadlock.py --runs=12 --nproc=default,8
+  .venv/bin/python benchmarks/collective_deadlock.py --runs=12 --nproc=default,5,8
+  .venv/bin/python benchmarks/collective_deadlock.py --nproc=default --data_only
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import time
 DEVICES = 4
 
 
-def child() -> None:
-  """The run: sequential tickets over 4 devices, then a data-parallel run; prints DONE."""
+def child(data_only: bool) -> None:
+  """The run: sequential tickets over 4 devices (unless data_only), then a data-parallel run."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -45,7 +47,7 @@ def child() -> None:
   states = [fam.init(jax.random.key(i)) for i in range(3)]
   masks = [steps_lib.dense_masks(fam, s.params, {p: True for p in fam.parts}) for s in states]
   keys = [jax.random.key(100 + i) for i in range(3)]
-  for data_parallel, tickets in ((1, 3), (2, 2)):
+  for data_parallel, tickets in ((2, 2),) if data_only else ((1, 3), (2, 2)):
     runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(data_parallel=data_parallel),
                                    execution="sequential")
     jax.block_until_ready(runner.train(states[:tickets], masks[:tickets], images,
@@ -53,7 +55,8 @@ def child() -> None:
   print("DONE", flush=True)
 
 
-def one_run(nproc: str, stuck_seconds: int, timeout: float) -> tuple[bool, float]:
+def one_run(nproc: str, stuck_seconds: int, timeout: float, data_only: bool
+            ) -> tuple[bool, float]:
   """(hung, seconds) of one child process with ``PJRT_NPROC=nproc`` ('default': unset)."""
   env = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
   env.update({"JAX_PLATFORMS": "cpu", "JAX_THREEFRY_PARTITIONABLE": "0",
@@ -64,7 +67,8 @@ def one_run(nproc: str, stuck_seconds: int, timeout: float) -> tuple[bool, float
   if nproc != "default":
     env["PJRT_NPROC"] = nproc
   start = time.perf_counter()
-  proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child"], env=env,
+  command = [sys.executable, os.path.abspath(__file__), "--child"]
+  proc = subprocess.Popen(command + (["--data_only"] if data_only else []), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   watchdog = threading.Timer(timeout, proc.kill)
   watchdog.start()
@@ -93,14 +97,18 @@ def main() -> None:
   parser.add_argument("--stuck_seconds", type=int, default=20,
                       help="a collective waiting this long counts as a hang")
   parser.add_argument("--timeout", type=float, default=600, help="seconds before a run is killed")
+  parser.add_argument("--data_only", action="store_true",
+                      help="only the data-parallel run, no sequential tickets before it")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    child()
+    child(args.data_only)
     return
 
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  print(f"{cores} cores, {DEVICES} forced devices, {args.hogs} busy-loop processes; load average "
+  print(f"{cores} cores, {DEVICES} forced devices, {args.hogs} busy-loop processes, "
+        f"{'data-parallel run only' if args.data_only else 'tickets then data-parallel run'}; "
+        "load average "
         f"before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
   hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
   results = {}
@@ -108,7 +116,7 @@ def main() -> None:
     for nproc in args.nproc.split(","):
       results[nproc] = []
       for i in range(args.runs):
-        results[nproc].append(one_run(nproc, args.stuck_seconds, args.timeout))
+        results[nproc].append(one_run(nproc, args.stuck_seconds, args.timeout, args.data_only))
         hung, seconds = results[nproc][-1]
         print(f"  PJRT_NPROC={nproc} run {i + 1}: {'HUNG' if hung else 'finished'} "
               f"({seconds:.0f} s)", flush=True)
