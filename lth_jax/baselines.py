@@ -38,14 +38,10 @@ PyTree = Any
 METHODS = ("snip", "grasp", "synflow")
 
 
-def _is_none(x) -> bool:
-  return x is None
-
-
 def _on_prunable(fn: Callable, masks: PyTree, *trees: PyTree) -> PyTree:
   """``fn(*leaves)`` where ``masks`` has an array, ``None`` where it has ``None``."""
   return jax.tree.map(lambda m, *xs: None if m is None else fn(*xs), masks, *trees,
-                      is_leaf=_is_none)
+                      is_leaf=masks_lib.is_none)
 
 
 def _grad(loss_fn: Callable, params: PyTree) -> PyTree:
@@ -110,7 +106,7 @@ def grasp_scores(loss_fn: Callable[[PyTree], jax.Array], params: PyTree,
   grads = _grad(loss_fn, masked)
   direction = jax.tree.map(
       lambda m, g: jnp.zeros_like(g) if m is None else jnp.where(m, g, jnp.zeros((), g.dtype)),
-      masks, grads, is_leaf=_is_none)
+      masks, grads, is_leaf=masks_lib.is_none)
   _, hess_grad = jax.jvp(jax.grad(loss_fn), (masked,), (direction,))
   return _on_prunable(lambda p, hg: p * hg, masks, masked, hess_grad)
 
@@ -130,7 +126,7 @@ def _synflow_scores_and_total(output_fn: Callable, params: PyTree,
   """Normalised SynFlow scores and the (rescaled) total score before normalisation."""
   linear = jax.tree.map(jnp.abs, masks_lib.apply(params, masks))
   scaled = jax.tree.map(lambda m, p: p if m is None or p.ndim < 2 else p / _gain(p),
-                        masks, linear, is_leaf=_is_none)
+                        masks, linear, is_leaf=masks_lib.is_none)
 
   def synaptic_flow(p):
     return sum(jnp.sum(x, dtype=jnp.float32) for x in jax.tree.leaves(output_fn(p)))

@@ -115,7 +115,7 @@ class Evaluator:
     if family.generate is not None:
       fake = self.samples(family, state, self.num_samples, self.key)
       if not np.all(np.isfinite(fake)):
-        raise FloatingPointError("generated samples contain NaN/Inf; the model has diverged")
+        raise steps_lib.DivergenceError("generated samples contain NaN/Inf; the model has diverged")
       feats = self.extractor.features(fake)
       out[f"fid_{name}"] = float(metrics.frechet_distance(*self.real_stats,
                                                           *metrics.gaussian_stats(feats)))

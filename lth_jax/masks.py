@@ -33,7 +33,8 @@ class MaskMismatchError(ValueError):
   """A mask tree does not fit the params tree it is used with."""
 
 
-def _is_none(x) -> bool:
+def is_none(x) -> bool:
+  """``is_leaf`` for mask trees: ``None`` marks a leaf that is not prunable."""
   return x is None
 
 
@@ -75,7 +76,7 @@ def init(params: PyTree, prunable: Predicate | None = None) -> PyTree:
 
 def leaves_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
   """``[(path, leaf)]`` in flattening order, ``None`` mask leaves included."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
   return [(path_str(p), x) for p, x in flat]
 
 
@@ -98,7 +99,7 @@ def check_compatible(params: PyTree, masks: PyTree) -> None:
         f"mask tree does not match params: '{extra}' exists only in the {which} tree "
         f"({len(p_flat)} param leaves vs {len(m_flat)} mask leaves)")
   if jax.tree.structure(params) != jax.tree.structure(
-      jax.tree.map(lambda m: 0, masks, is_leaf=_is_none)):
+      jax.tree.map(lambda m: 0, masks, is_leaf=is_none)):
     raise MaskMismatchError("mask tree does not match params: same paths but different container "
                             "types (e.g. dict vs nnx.State); build masks with masks.init(params)")
 
@@ -110,7 +111,7 @@ def _where(m, x):
 def apply(params: PyTree, masks: PyTree) -> PyTree:
   """``params`` with pruned entries set to exactly 0; ``None`` mask leaves pass through."""
   check_compatible(params, masks)
-  return jax.tree.map(_where, masks, params, is_leaf=_is_none)
+  return jax.tree.map(_where, masks, params, is_leaf=is_none)
 
 
 def counts(masks: PyTree) -> tuple[jax.Array, int]:
@@ -131,9 +132,9 @@ def sparsity(masks: PyTree) -> jax.Array:
 
 def distance(a: PyTree, b: PyTree) -> jax.Array:
   """Normalised Hamming distance: fraction of prunable entries where ``a`` and ``b`` differ."""
-  check_compatible(jax.tree.map(lambda m: jnp.zeros(()) if m is None else m, a, is_leaf=_is_none), b)
-  pairs = [(x, y) for x, y in zip(jax.tree.leaves(a, is_leaf=_is_none),
-                                  jax.tree.leaves(b, is_leaf=_is_none)) if x is not None]
+  check_compatible(jax.tree.map(lambda m: jnp.zeros(()) if m is None else m, a, is_leaf=is_none), b)
+  pairs = [(x, y) for x, y in zip(jax.tree.leaves(a, is_leaf=is_none),
+                                  jax.tree.leaves(b, is_leaf=is_none)) if x is not None]
   if any(y is None for _, y in pairs):
     raise MaskMismatchError("masks disagree on which leaves are prunable")
   total = sum(x.size for x, _ in pairs)
@@ -190,7 +191,7 @@ def save(path: str | os.PathLike, masks: PyTree, *, overwrite: bool = False) -> 
   path = os.fspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"refusing to overwrite existing mask file {path!r} (pass overwrite=True)")
-  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)
+  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
   manifest, arrays = [], {}
   for i, (p, m) in enumerate(flat):
     manifest.append({"path": [key_name(k) for k in p], "none": m is None})
@@ -242,7 +243,7 @@ def load(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
                                         saved_paths + ["<end>"]) if a != b)
     raise MaskMismatchError(f"mask file {path!r} does not fit the given tree: first differing "
                             f"path is tree '{first[0]}' vs file '{first[1]}'")
-  treedef = jax.tree.structure(like, is_leaf=_is_none)
+  treedef = jax.tree.structure(like, is_leaf=is_none)
   result = jax.tree.unflatten(treedef, leaves)
   for (p, x), m in zip(like_flat, leaves):
     if m is not None and x is not None and tuple(jnp.shape(x)) != tuple(m.shape):

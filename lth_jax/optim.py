@@ -1,6 +1,6 @@
 """Masked optimisation: any optax optimizer trained on sparse params inside ``jax.jit``.
 
-``masked(inner)`` wraps an optax transformation so that, given the current masks as an extra
+``with_masks(inner)`` wraps an optax transformation so that, given the current masks as an extra
 argument of ``update``, gradients of pruned entries are zeroed before the inner optimizer sees
 them, its per-parameter state (Adam moments, momentum, ...) is kept at zero for pruned entries,
 and its updates are zeroed too. Together with :func:`apply_updates` (which re-applies the mask),
@@ -8,7 +8,7 @@ pruned params stay exactly 0.0 after any number of steps, with weight decay too.
 
 Masks are traced array arguments, so a new pruning round does not recompile::
 
-  tx = optim.masked(optax.adam(2e-4, b1=0.5))
+  tx = optim.with_masks(optax.adam(2e-4, b1=0.5))
   opt_state = tx.init(params)
   updates, opt_state = tx.update(grads, opt_state, params, masks=m)
   params = optim.apply_updates(params, updates, m)
@@ -29,7 +29,7 @@ PyTree = Any
 
 def _full(masks: PyTree) -> PyTree:
   """Masks with ``None`` leaves replaced by Python ``True`` (keep everything there)."""
-  return jax.tree.map(lambda m: True if m is None else m, masks, is_leaf=masks_lib._is_none)
+  return jax.tree.map(lambda m: True if m is None else m, masks, is_leaf=masks_lib.is_none)
 
 
 def _keep(x, m):
@@ -47,7 +47,7 @@ def mask_state(inner: optax.GradientTransformation, opt_state: optax.OptState,
   return optax.tree_utils.tree_map_params(inner, _keep, opt_state, full)
 
 
-def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def with_masks(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that pruned entries get no gradient, no state and no update.
 
   The returned transformation's ``update(grads, state, params, *, masks)`` requires ``masks``
@@ -60,7 +60,7 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
 
   def update_fn(updates, state, params=None, *, masks=None, **extra_args):
     if masks is None:
-      raise ValueError("optim.masked(...).update needs the current masks: update(..., masks=m)")
+      raise ValueError("optim.with_masks(...).update needs the current masks: update(..., masks=m)")
     full = _full(masks)
     updates = jax.tree.map(_keep, updates, full)
     updates, state = inner.update(updates, state, params, **extra_args)

@@ -286,7 +286,7 @@ class TicketRunner:
       of every ticket (on every process) in a multi-process run.
 
     Raises:
-      FloatingPointError: a ticket's loss or params became NaN/Inf (names the ticket and step).
+      steps_lib.DivergenceError: a ticket's loss or params became NaN/Inf (names the ticket and step).
     """
     if not (len(states) == len(masks) == len(run_keys)) or not states:
       raise ValueError("train needs one state, mask tree and key per ticket")
@@ -315,7 +315,7 @@ class TicketRunner:
       finite = np.asarray(self._to_host(metrics["finite"]))[:t]
       step += n
       if not finite.all():
-        raise FloatingPointError(f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: "
+        raise steps_lib.DivergenceError(f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: "
                                  f"NaN/Inf loss or params after step {step}")
       if on_boundary is not None and (step == until_step or (
           boundary_every and step % boundary_every == 0)):
@@ -345,7 +345,7 @@ class TicketRunner:
       finite = np.array([float(o[1]["finite"]) for o in outs])
       step += n
       if not finite.all():
-        raise FloatingPointError(f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: "
+        raise steps_lib.DivergenceError(f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: "
                                  f"NaN/Inf loss or params after step {step}")
       if on_boundary is not None and (step == until_step or (
           boundary_every and step % boundary_every == 0)):

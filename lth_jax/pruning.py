@@ -66,9 +66,9 @@ def remove_lowest(scores: PyTree, masks: PyTree, *, rate=None, count=None,
 
 
 def _remove_lowest(scores: PyTree, masks: PyTree, rate, count, scope: str) -> PyTree:
-  pairs = [(s, m) for s, m in zip(jax.tree.leaves(scores, is_leaf=masks_lib._is_none),
-                                  jax.tree.leaves(masks, is_leaf=masks_lib._is_none))]
-  if len(pairs) != len(jax.tree.leaves(masks, is_leaf=masks_lib._is_none)):
+  pairs = [(s, m) for s, m in zip(jax.tree.leaves(scores, is_leaf=masks_lib.is_none),
+                                  jax.tree.leaves(masks, is_leaf=masks_lib.is_none))]
+  if len(pairs) != len(jax.tree.leaves(masks, is_leaf=masks_lib.is_none)):
     raise masks_lib.MaskMismatchError("score tree does not match the mask tree")
   prunable = [(s, m) for s, m in pairs if m is not None]
   if not prunable:
@@ -91,7 +91,7 @@ def _remove_lowest(scores: PyTree, masks: PyTree, rate, count, scope: str) -> Py
     splits = jnp.split(kept, np.cumsum(sizes)[:-1].tolist())
     new = [k.reshape(m.shape) for k, (_, m) in zip(splits, prunable)]
   it = iter(new)
-  return jax.tree.map(lambda m: None if m is None else next(it), masks, is_leaf=masks_lib._is_none)
+  return jax.tree.map(lambda m: None if m is None else next(it), masks, is_leaf=masks_lib.is_none)
 
 
 _remove_lowest_jit = jax.jit(_remove_lowest, static_argnums=4)
@@ -101,7 +101,7 @@ def magnitude(params: PyTree, masks: PyTree, rate, scope: str = "global") -> PyT
   """Removes ``round(rate * remaining)`` still-kept prunable weights with the smallest ``|w|``."""
   masks_lib.check_compatible(params, masks)
   scores = jax.tree.map(lambda m, p: None if m is None else jnp.abs(p), masks, params,
-                        is_leaf=masks_lib._is_none)
+                        is_leaf=masks_lib.is_none)
   return remove_lowest(scores, masks, rate=rate, scope=scope)
 
 
@@ -129,16 +129,16 @@ def _to_sparsity_layerwise(scores, masks, sparsity):
     n = jnp.round(sparsity * m.size).astype(jnp.int32) - (m.size - jnp.sum(m, dtype=jnp.int32))
     return _remove_lowest_flat(jnp.ravel(s), jnp.ravel(m).astype(bool),
                                jnp.maximum(n, 0)).reshape(m.shape)
-  return jax.tree.map(leaf, masks, scores, is_leaf=masks_lib._is_none)
+  return jax.tree.map(leaf, masks, scores, is_leaf=masks_lib.is_none)
 
 
 @jax.jit
 def _uniform_scores(key: jax.Array, masks: PyTree) -> PyTree:
   """Independent U[0, 1) scores per prunable leaf (one subkey per leaf)."""
-  leaves = jax.tree.leaves(masks, is_leaf=masks_lib._is_none)
+  leaves = jax.tree.leaves(masks, is_leaf=masks_lib.is_none)
   keys = iter(jax.random.split(key, max(1, len(leaves))))
   return jax.tree.map(lambda m: None if m is None else jax.random.uniform(next(keys), m.shape),
-                      masks, is_leaf=masks_lib._is_none)
+                      masks, is_leaf=masks_lib.is_none)
 
 
 @jax.jit
@@ -150,7 +150,7 @@ def _match_counts(masks: PyTree, scores: PyTree, like: PyTree) -> PyTree:
     n = jnp.sum(m, dtype=jnp.int32) - jnp.sum(target, dtype=jnp.int32)
     return _remove_lowest_flat(jnp.ravel(s), jnp.ravel(m).astype(bool),
                                jnp.maximum(n, 0)).reshape(m.shape)
-  return jax.tree.map(leaf, masks, scores, like, is_leaf=masks_lib._is_none)
+  return jax.tree.map(leaf, masks, scores, like, is_leaf=masks_lib.is_none)
 
 
 def random(key: jax.Array, masks: PyTree, rate=None, scope: str = "global",

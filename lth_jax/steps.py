@@ -31,6 +31,10 @@ PARTS = {"ae": ("encoder", "decoder"), "vae": ("encoder", "decoder"),
          "dcgan": ("generator", "discriminator")}
 
 
+class DivergenceError(FloatingPointError):
+  """A loss or parameter became NaN/Inf during training (the one error every loop raises)."""
+
+
 class TrainState(NamedTuple):
   """Everything that changes during training (a pytree; stackable on a leading ticket axis)."""
   step: jax.Array        # int32 scalar: number of steps taken
@@ -93,7 +97,7 @@ def fresh_opt_state(family: Family, params) -> PyTree:
 
 
 def _masked_update(tx, grads, opt_state, params, masks):
-  updates, opt_state = optim.masked(tx).update(grads, opt_state, params, masks=masks)
+  updates, opt_state = optim.with_masks(tx).update(grads, opt_state, params, masks=masks)
   return optim.apply_updates(params, updates, masks), opt_state
 
 

@@ -25,10 +25,6 @@ from lth_jax import steps as steps_lib
 PyTree = Any
 
 
-class DivergenceError(FloatingPointError):
-  """A loss or parameter became NaN/Inf."""
-
-
 class WorkdirConflictError(ValueError):
   """The workdir holds a run of a different config."""
 
@@ -113,7 +109,7 @@ def train(family: steps_lib.Family, state: steps_lib.TrainState, masks: PyTree,
     tags: extra tags written with every scalar row (e.g. level, branch).
 
   Raises:
-    DivergenceError: a loss or parameter became NaN/Inf (the last good checkpoint is kept).
+    steps_lib.DivergenceError: a loss or parameter became NaN/Inf (the last good checkpoint is kept).
   """
   step = int(state.step)
   fns = {}
@@ -128,7 +124,7 @@ def train(family: steps_lib.Family, state: steps_lib.TrainState, masks: PyTree,
     state, metrics = fns[n](state, masks, images, run_key)
     metrics = jax.device_get(metrics)
     if metrics.pop("finite") < 1.0:
-      raise DivergenceError(
+      raise steps_lib.DivergenceError(
           f"training diverged: a loss or parameter is NaN/Inf after step {step + n} "
           f"(steps {step + 1}..{step + n}; losses {metrics}); lower train.optimizer.lr. "
           + ("The last good checkpoint is kept." if manager is not None else ""))

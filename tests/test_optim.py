@@ -26,7 +26,7 @@ def loss(params, x):
     optax.chain(optax.add_decayed_weights(1e-2), optax.adam(1e-2))])
 def test_pruned_entries_stay_exactly_zero(inner):
   params, m = setup()
-  tx = optim.masked(inner)
+  tx = optim.with_masks(inner)
   state = tx.init(params)
 
   @jax.jit
@@ -53,7 +53,7 @@ def test_mask_state_clears_rewound_moments():
   params, m = setup()
   dense = masks.init(params)
   inner = optax.adam(1e-2)
-  tx = optim.masked(inner)
+  tx = optim.with_masks(inner)
   state = tx.init(params)
   g = jax.grad(loss)(params, jnp.ones((4, 16)))
   _, state = tx.update(g, state, params, masks=dense)
@@ -65,7 +65,7 @@ def test_mask_state_clears_rewound_moments():
 
 def test_new_mask_does_not_recompile():
   params, m = setup()
-  tx = optim.masked(optax.adam(1e-3))
+  tx = optim.with_masks(optax.adam(1e-3))
   state = tx.init(params)
   traces = []
 
@@ -86,6 +86,6 @@ def test_new_mask_does_not_recompile():
 
 def test_update_requires_masks():
   params, _ = setup()
-  tx = optim.masked(optax.adam(1e-3))
+  tx = optim.with_masks(optax.adam(1e-3))
   with pytest.raises(ValueError, match="masks"):
     tx.update(params, tx.init(params), params)

@@ -271,7 +271,7 @@ def test_boundaries_and_padding_bookkeeping():
 def test_divergence_names_the_ticket():
   states, tree, keys = tickets("ae", 2)
   bad = states[1]._replace(params=jax.tree.map(lambda x: x * jnp.nan, states[1].params))
-  with pytest.raises(FloatingPointError, match=r"ticket\(s\) \[1\] diverged"):
+  with pytest.raises(steps_lib.DivergenceError, match=r"ticket\(s\) \[1\] diverged"):
     ae_runner().train([states[0], bad], tree, images(), keys, until_step=2)
 
 

@@ -41,7 +41,7 @@ def test_divergence_is_caught_and_last_good_checkpoint_kept(tmp_path):
   config.train.optimizer.lr = 1e12
   config.train.update(steps=8, steps_per_call=1, checkpoint_every=1)
   workdir = str(tmp_path / "diverge")
-  with pytest.raises(training.DivergenceError, match=r"after step \d+") as err:
+  with pytest.raises(steps_lib.DivergenceError, match=r"after step \d+") as err:
     training.train_and_evaluate(config, workdir)
   bad_step = int(str(err.value).split("after step ")[1].split()[0])
   saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
