@@ -1,8 +1,9 @@
-"""Evaluating a trained state: FID/KID in a named feature space, reconstruction MSE, test ELBO.
+"""Evaluating a trained state: FID/KID/IS in a named feature space, reconstruction MSE, test ELBO.
 
-An :class:`Evaluator` is built once per run (feature network and the real data's feature
-statistics are computed once) and then scores any number of states of the same family. Every
-metric key names its feature space (``fid_fmnist_clf``, ``kid_inception``, ...).
+An :class:`Evaluator` is built once per run (feature network and the test images' reference
+statistics, :func:`lth_jax.metrics.reference_stats`, are computed once) and then scores any number
+of states of the same family; samples are scored by :func:`lth_jax.metrics.feature_metrics`, whose
+keys name their feature space (``fid_fmnist_clf``, ``kid_std_inception``, ...).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from lth_jax import data as data_lib
+from lth_jax import feature_spaces
 from lth_jax import metrics
 from lth_jax import objectives
 from lth_jax import report
@@ -34,7 +36,7 @@ def default_cache_dir() -> str:
 
 def feature_extractor_from_config(config: ml_collections.ConfigDict,
                                   train_split: data_lib.Split,
-                                  test_split: data_lib.Split) -> metrics.FeatureExtractor:
+                                  test_split: data_lib.Split) -> feature_spaces.FeatureExtractor:
   """The feature network named by ``config.eval.feature_space`` — never a silent fallback."""
   space = config.eval.feature_space
   if space == "inception":
@@ -42,10 +44,10 @@ def feature_extractor_from_config(config: ml_collections.ConfigDict,
       raise ValueError("eval.feature_space='inception' needs eval.inception_weights: the path of "
                        "the standard FID Inception weights (pt_inception-2015-12-05-6726825d.pth "
                        "or its .npz conversion); or use eval.feature_space='classifier'")
-    return metrics.inception_feature_extractor(config.eval.inception_weights)
+    return feature_spaces.inception_feature_extractor(config.eval.inception_weights)
   if space == "classifier":
     # The classifier's seed is fixed: every run of a data set shares one feature space.
-    return metrics.classifier_feature_extractor(
+    return feature_spaces.classifier_feature_extractor(
         SHORT_NAMES.get(config.data.name, config.data.name), np.asarray(train_split.images),
         np.asarray(train_split.labels), test_split.images, test_split.labels,
         cache_dir=os.path.join(config.eval.cache_dir or default_cache_dir(), "classifiers"),
@@ -62,9 +64,8 @@ def primary_metric_key(family: str, feature_name: str) -> str:
 @dataclasses.dataclass
 class Evaluator:
   """Scores states of one family against one data set's test split."""
-  extractor: metrics.FeatureExtractor
-  real_stats: tuple[np.ndarray, np.ndarray]
-  real_features: np.ndarray
+  extractor: feature_spaces.FeatureExtractor
+  reference: metrics.ReferenceStats  # of test_images, in the extractor's feature space
   test_images: np.ndarray           # float32 [-1, 1], [num_test, H, W, C]
   num_samples: int
   batch_size: int
@@ -74,12 +75,15 @@ class Evaluator:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, train_split: data_lib.Split,
                   test_split: data_lib.Split, *,
-                  extractor: metrics.FeatureExtractor | None = None) -> "Evaluator":
+                  extractor: feature_spaces.FeatureExtractor | None = None) -> "Evaluator":
+    """Reads ``config.eval`` and ``config.seed``; ``extractor`` defaults to the config's."""
+    if config.eval.num_samples < metrics.IS_SPLITS:
+      raise ValueError(f"eval.num_samples={config.eval.num_samples} is below the Inception "
+                       f"Score's {metrics.IS_SPLITS} splits; use more samples")
     extractor = extractor or feature_extractor_from_config(config, train_split, test_split)
     test = data_lib.to_float(np.asarray(test_split.images[:config.eval.num_test]))
-    real = extractor.features(test)
-    return cls(extractor, metrics.gaussian_stats(real), real, test, config.eval.num_samples,
-               config.eval.batch_size, config.eval.grid_size,
+    return cls(extractor, metrics.reference_stats(extractor, test), test,
+               config.eval.num_samples, config.eval.batch_size, config.eval.grid_size,
                jax.random.fold_in(jax.random.key(config.seed), 10_000_019))
 
   def _jitted(self, fn, *, key=None, **kwargs):
@@ -107,7 +111,9 @@ class Evaluator:
                            for i in range(0, len(images), self.batch_size)])
 
   def __call__(self, family: steps_lib.Family, state: steps_lib.TrainState) -> dict:
-    """Metrics of ``state``: FID/KID of samples (GAN/VAE), recon MSE and ELBO (AE/VAE)."""
+    """Metrics of ``state``: FID/KID/IS of ``num_samples`` samples (GAN/VAE; from
+    :func:`metrics.feature_metrics`), recon MSE and −ELBO of the test images (AE/VAE), and the
+    feature classifier's test accuracy."""
     out: dict[str, float] = {}
     name = self.extractor.name
     if "test_accuracy" in self.extractor.info:  # how good the feature space itself is
@@ -116,13 +122,10 @@ class Evaluator:
       fake = self.samples(family, state, self.num_samples, self.key)
       if not np.all(np.isfinite(fake)):
         raise steps_lib.DivergenceError("generated samples contain NaN/Inf; the model has diverged")
-      feats = self.extractor.features(fake)
-      out[f"fid_{name}"] = float(metrics.frechet_distance(*self.real_stats,
-                                                          *metrics.gaussian_stats(feats)))
-      kid_mean, kid_std = metrics.kid(self.real_features, feats, seed=0,
-                                      subset_size=min(1000, len(feats), len(self.real_features)))
-      out[f"kid_{name}"] = float(kid_mean)
-      out[f"kid_{name}_std"] = float(kid_std)
+      # Each KID subset holds every sample (or test image) when there are fewer than 1000.
+      out.update(metrics.feature_metrics(
+          self.extractor, self.reference, fake,
+          kid_subset_size=min(metrics.KID_SUBSET_SIZE, len(fake), len(self.test_images))))
     if family.reconstruct is not None:
       recon = self.reconstructions(family, state, self.test_images)
       out["recon_mse"] = float(np.mean((recon - self.test_images) ** 2))

@@ -1,4 +1,4 @@
-"""Tests for lth_jax.metrics, lth_jax.models.inception and lth_jax.models.classifier."""
+"""Tests for lth_jax.metrics, lth_jax.feature_spaces and their models (inception, classifier)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import scipy.linalg
 import scipy.special
 import scipy.stats
 
-from lth_jax import metrics
+from lth_jax import feature_spaces, metrics
 from lth_jax.models import inception
 
 
@@ -132,7 +132,8 @@ def test_kid_is_unbiased_for_equal_distributions():
     biased.append(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
   se = np.std(unbiased) / np.sqrt(len(unbiased))
   assert abs(np.mean(unbiased)) < 3 * se
-  # The V-statistic (diagonal included) is visibly biased upwards on the same data: the check has power.
+  # The V-statistic (diagonal included) is visibly biased upwards on the same data: the check has
+  # power.
   assert np.mean(biased) > 10 * np.std(biased) / np.sqrt(len(biased))
 
 
@@ -197,8 +198,8 @@ def toy(tmp_path_factory):
   train_x, train_y = _toy_data(rng, 256)
   test_x, test_y = _toy_data(rng, 64)
   cache = str(tmp_path_factory.mktemp("clf_cache"))
-  extractor = metrics.classifier_feature_extractor("toy", train_x, train_y, test_x, test_y,
-                                                   cache_dir=cache, config=_TOY_CONFIG)
+  extractor = feature_spaces.classifier_feature_extractor(
+      "toy", train_x, train_y, test_x, test_y, cache_dir=cache, config=_TOY_CONFIG)
   return dict(data=(train_x, train_y, test_x, test_y), cache=cache, extractor=extractor)
 
 
@@ -220,37 +221,37 @@ def test_classifier_trains_and_caches(toy, monkeypatch):
   def no_training(*args, **kwargs):
     raise AssertionError("the cached classifier should have been loaded")
 
-  monkeypatch.setattr(metrics, "train_classifier", no_training)
-  again = metrics.classifier_feature_extractor("toy", *toy["data"], cache_dir=toy["cache"],
-                                               config=_TOY_CONFIG)
+  monkeypatch.setattr(feature_spaces, "train_classifier", no_training)
+  again = feature_spaces.classifier_feature_extractor(
+      "toy", *toy["data"], cache_dir=toy["cache"], config=_TOY_CONFIG)
   images = _as_float(toy["data"][2][:10])
   np.testing.assert_array_equal(again.features(images), extractor.features(images))
   with pytest.raises(AssertionError, match="cached"):  # a new config is a new cache entry
-    metrics.classifier_feature_extractor("toy", *toy["data"], cache_dir=toy["cache"],
-                                         config={**_TOY_CONFIG, "steps": 41})
+    feature_spaces.classifier_feature_extractor(
+        "toy", *toy["data"], cache_dir=toy["cache"], config={**_TOY_CONFIG, "steps": 41})
 
 
 def test_classifier_cache_mismatch_and_bad_options(toy, tmp_path):
   with pytest.raises(ValueError, match="Unknown classifier config keys \\['depth'\\]"):
-    metrics.classifier_feature_extractor("toy", *toy["data"], cache_dir=tmp_path,
-                                         config={"depth": 3})
+    feature_spaces.classifier_feature_extractor(
+        "toy", *toy["data"], cache_dir=tmp_path, config={"depth": 3})
   with pytest.raises(ValueError, match="dataset_name"):
-    metrics.classifier_feature_extractor("Fashion MNIST", *toy["data"], cache_dir=tmp_path)
+    feature_spaces.classifier_feature_extractor("Fashion MNIST", *toy["data"], cache_dir=tmp_path)
   train_x, train_y, test_x, test_y = toy["data"]
   with pytest.raises(ValueError, match="at least 2 classes"):
-    metrics.classifier_feature_extractor("celeba", train_x, 0 * train_y, test_x, 0 * test_y,
-                                         cache_dir=tmp_path)
+    feature_spaces.classifier_feature_extractor(
+        "celeba", train_x, 0 * train_y, test_x, 0 * test_y, cache_dir=tmp_path)
   with pytest.raises(TypeError, match="uint8"):
-    metrics.classifier_feature_extractor("toy", _as_float(train_x), train_y, test_x, test_y,
-                                         cache_dir=tmp_path)
+    feature_spaces.classifier_feature_extractor(
+        "toy", _as_float(train_x), train_y, test_x, test_y, cache_dir=tmp_path)
   for f in os.listdir(toy["cache"]):  # corrupt a copy of the cache: wrong param shapes
     with open(os.path.join(toy["cache"], f), "rb") as src:
       (tmp_path / f).write_bytes(src.read())
   weights = next(p for p in tmp_path.iterdir() if p.suffix == ".msgpack")
   weights.write_bytes(flax.serialization.msgpack_serialize({"conv1": {"kernel": np.zeros(3)}}))
   with pytest.raises(ValueError, match="delete it to retrain"):
-    metrics.classifier_feature_extractor("toy", *toy["data"], cache_dir=tmp_path,
-                                         config=_TOY_CONFIG)
+    feature_spaces.classifier_feature_extractor(
+        "toy", *toy["data"], cache_dir=tmp_path, config=_TOY_CONFIG)
 
 
 def test_extractor_batches_and_validates(toy):
@@ -258,8 +259,8 @@ def test_extractor_batches_and_validates(toy):
   images = _as_float(toy["data"][2][:23])
   feats, logits = extractor.features_and_logits(images)
   assert feats.shape == (23, 16) and logits.shape == (23, 2)
-  small = metrics.classifier_feature_extractor("toy", *toy["data"], cache_dir=toy["cache"],
-                                               config=_TOY_CONFIG, batch_size=5)
+  small = feature_spaces.classifier_feature_extractor(
+      "toy", *toy["data"], cache_dir=toy["cache"], config=_TOY_CONFIG, batch_size=5)
   np.testing.assert_allclose(small.features(images), feats, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(extractor.logits(images), logits)
   with pytest.raises(TypeError, match="to_float"):
@@ -278,7 +279,8 @@ def test_feature_metrics_keys_and_values(toy):
   assert set(scores) == {"fid_toy_clf", "kid_toy_clf", "kid_std_toy_clf", "is_toy_clf",
                          "is_std_toy_clf"}
   assert abs(scores["fid_toy_clf"]) < 1e-6
-  assert scores["fid_toy_clf"] == pytest.approx(metrics.fid(extractor, real, real), abs=1e-6)
+  stats = metrics.gaussian_stats(extractor.features(real))
+  assert scores["fid_toy_clf"] == pytest.approx(metrics.frechet_distance(*stats, *stats), abs=1e-6)
   bright_only = _as_float(toy["data"][0][toy["data"][1] == 1][:100])
   worse = metrics.feature_metrics(extractor, reference, bright_only, kid_subsets=5,
                                   kid_subset_size=50, is_splits=4)
@@ -321,7 +323,8 @@ def test_inception_state_dict_names_and_size(inception_npz):
   assert sd["Mixed_6b.branch7x7_2.conv.weight"].shape == (128, 128, 1, 7)
   assert sd["Mixed_7c.branch_pool.bn.running_var"].shape == (192,)
   assert sd["fc.weight"].shape == (1008, 2048)
-  # torchvision's inception_v3 has 27,161,264 params; minus the aux head (3,326,696), plus 8 classes.
+  # torchvision's inception_v3 has 27,161,264 params; minus the aux head (3,326,696), plus 8
+  # classes.
   n_params = sum(v.size for k, v in sd.items() if "running_" not in k)
   assert n_params == 27_161_264 - 3_326_696 + 8 * 2049
   back = inception.from_state_dict(sd)
@@ -353,7 +356,7 @@ def test_inception_preprocess_matches_torch_bilinear(height, width):
 
 
 def test_inception_extractor_forward(inception_npz):
-  extractor = metrics.inception_feature_extractor(inception_npz["path"], batch_size=2)
+  extractor = feature_spaces.inception_feature_extractor(inception_npz["path"], batch_size=2)
   assert extractor.name == "inception"
   rng = np.random.default_rng(11)
   gray = rng.uniform(-1, 1, (2, 28, 28, 1)).astype(np.float32)
@@ -370,7 +373,7 @@ def test_inception_extractor_forward(inception_npz):
 def test_inception_missing_file_wrong_keys_and_format(inception_npz, tmp_path):
   missing = tmp_path / "nope.pth"
   with pytest.raises(FileNotFoundError) as err:
-    metrics.inception_feature_extractor(missing)
+    feature_spaces.inception_feature_extractor(missing)
   assert str(missing) in str(err.value) and "pt_inception-2015-12-05-6726825d.pth" in str(err.value)
 
   sd = dict(inception_npz["state_dict"])
