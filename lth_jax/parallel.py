@@ -14,6 +14,13 @@ One after another, each ticket is bit-identical to the same ticket trained alone
 threads; with ``PJRT_NPROC=8`` on 4 devices one ticket in three differed in the last bits);
 vmapped or with a batch split over ``data``, equal within float tolerance.
 
+Collectives: with ``data`` of size 1 the program has none, and so does everything around it.
+Per-ticket results leave a multi-device mesh as host NumPy trees (``jax.device_get`` copies each
+device's block): slicing ticket i out of a ticket-sharded device array would compile to an
+all-reduce over every device, which XLA's CPU client can deadlock (see
+:func:`cpu_collective_deadlock_risk`). A ``data`` axis > 1 needs all-reduces inside the step;
+where XLA's CPU thread pool is too small for them, :class:`TicketRunner` refuses to start.
+
 The ``data`` axis splits each ticket's batch over ``data_parallel`` devices: the batch drawn by
 ``data.sample_batch`` is constrained to the ambient mesh's ``data`` axis (``data.shard_batch``)
 and the compiler turns batch reductions (BatchNorm statistics, losses) into all-reduces, so the
@@ -43,7 +50,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -162,8 +168,9 @@ class TicketRunner:
     steps_per_call: steps fused into one call (unrolled).
 
   Raises:
-    ValueError: the mesh's axes are not ``('ticket', 'data')``, or the family's batch size is
-      not divisible by the ``data`` axis size.
+    ValueError: the mesh's axes are not ``('ticket', 'data')``, the family's batch size is
+      not divisible by the ``data`` axis size, or XLA's CPU client could deadlock the mesh's
+      collectives (:func:`cpu_collective_deadlock_risk`; the message says how to start Python).
   """
 
   def __init__(self, family: steps_lib.Family, *, mesh: jax.sharding.Mesh,
@@ -181,7 +188,7 @@ class TicketRunner:
     self._fns: dict = {}
     risk = cpu_collective_deadlock_risk(mesh)
     if risk:
-      logging.warning(risk)
+      raise ValueError(risk)
 
   @property
   def num_shards(self) -> int:
@@ -257,7 +264,10 @@ class TicketRunner:
     return jax.tree.map(global_array, tree)
 
   def _to_host(self, stacked: PyTree) -> PyTree:
-    """A ticket-sharded tree as host (NumPy) arrays of every ticket, on every process."""
+    """A ticket-sharded tree as host (NumPy) arrays of every ticket, on every process.
+
+    One process: ``jax.device_get`` copies each device's block (no program, no collective).
+    """
     if self.multiprocess:
       if "replicate" not in self._fns:
         self._fns["replicate"] = jax.jit(lambda tree: tree,
@@ -268,7 +278,9 @@ class TicketRunner:
   def train(self, states: list[steps_lib.TrainState], masks: list[PyTree], images: jax.Array,
             run_keys: list[jax.Array], *, until_step: int,
             on_boundary: Callable[[int, list[steps_lib.TrainState]], None] | None = None,
-            boundary_every: int = 0) -> list[steps_lib.TrainState]:
+            boundary_every: int = 0,
+            on_chunk: Callable[[int, list[dict]], None] | None = None
+            ) -> list[steps_lib.TrainState]:
     """Trains every ticket from their common step to ``until_step``.
 
     In a multi-process run every process must call this with the same arguments.
@@ -279,14 +291,17 @@ class TicketRunner:
       until_step: absolute step to stop at.
       on_boundary: called as ``on_boundary(step, states)`` at every multiple of
         ``boundary_every`` and at the end (checkpointing) with every ticket's state: host
-        (NumPy) trees, on every process; device arrays in the one-device sequential loop.
+        (NumPy) trees on a multi-device mesh or process, device arrays on one device.
+      on_chunk: called as ``on_chunk(step, metrics)`` after every call, with one dict of
+        host floats per ticket (losses averaged over the call's steps).
 
     Returns:
-      The trained per-ticket states: device arrays in a single-process run, host NumPy trees
-      of every ticket (on every process) in a multi-process run.
+      The trained per-ticket states: device arrays on a one-device mesh, host NumPy trees of
+      every ticket (on every process) otherwise.
 
     Raises:
-      steps_lib.DivergenceError: a ticket's loss or params became NaN/Inf (names the ticket and step).
+      steps_lib.DivergenceError: a ticket's loss or params became NaN/Inf (names the ticket
+        and step).
     """
     if not (len(states) == len(masks) == len(run_keys)) or not states:
       raise ValueError("train needs one state, mask tree and key per ticket")
@@ -296,8 +311,35 @@ class TicketRunner:
     step = steps.pop()
     t = len(states)
     if self._single_device_loop():
-      return self._train_loop(states, masks, images, run_keys, step, until_step, on_boundary,
-                              boundary_every)
+      call, carry = self._one_device_calls(states, masks, images, run_keys)
+    else:
+      call, carry = self._stacked_calls(states, masks, images, run_keys)
+    for n in chunk_sizes(step, until_step, self.steps_per_call, boundary_every):
+      carry, metrics = call(n, carry)
+      step += n
+      finite = np.array([m.pop("finite") for m in metrics])
+      if not finite.all():
+        raise steps_lib.DivergenceError(
+            f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: NaN/Inf loss or "
+            f"params after step {step}")
+      if on_chunk is not None:
+        on_chunk(step, metrics)
+      if on_boundary is not None and (step == until_step or (
+          boundary_every and step % boundary_every == 0)):
+        on_boundary(step, self._states(carry, t))
+    return self._states(carry, t)
+
+  def _states(self, carry, t: int) -> list[steps_lib.TrainState]:
+    """The per-ticket states of a loop's carry (see :meth:`train`'s return value)."""
+    if isinstance(carry, list):
+      return carry
+    if self.mesh.devices.size == 1:      # slicing one device's array needs no collective
+      return unstack(carry)[:t]
+    return unstack(self._to_host(carry))[:t]
+
+  def _stacked_calls(self, states, masks, images, run_keys):
+    """``(call, carry)``: every ticket stacked, padded, placed on the mesh; one program."""
+    t = len(states)
     padded = padded_count(t, self.num_shards)
     pad = lambda xs: list(xs) + [xs[-1]] * (padded - t)
     impl = jax.random.key_impl(run_keys[0])
@@ -306,48 +348,42 @@ class TicketRunner:
     keys = self._place(self._stack([jax.random.key_data(k) for k in pad(run_keys)]),
                        P("ticket"))
     images = self._place(images, P())
-    while step < until_step:
-      n = min(self.steps_per_call, until_step - step)
-      if boundary_every:
-        n = min(n, boundary_every - step % boundary_every)
-      fn = self._compiled(n, padded // self.num_shards, impl)
-      stacked, metrics = fn(stacked, stacked_masks, images, keys)
-      finite = np.asarray(self._to_host(metrics["finite"]))[:t]
-      step += n
-      if not finite.all():
-        raise steps_lib.DivergenceError(f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: "
-                                 f"NaN/Inf loss or params after step {step}")
-      if on_boundary is not None and (step == until_step or (
-          boundary_every and step % boundary_every == 0)):
-        on_boundary(step, unstack(self._to_host(stacked))[:t])
-    if self.multiprocess:
-      return unstack(self._to_host(stacked))[:t]
-    return unstack(stacked)[:t]
 
-  def _train_loop(self, states, masks, images, run_keys, step, until_step, on_boundary,
-                  boundary_every):
-    """One device, sequential: the tickets take turns, one jitted call each (no stacking)."""
+    def call(n, carry):
+      fn = self._compiled(n, padded // self.num_shards, impl)
+      carry, metrics = fn(carry, stacked_masks, images, keys)
+      host = self._to_host(metrics)
+      return carry, [{k: float(v[i]) for k, v in host.items()} for i in range(t)]
+
+    return call, stacked
+
+  def _one_device_calls(self, states, masks, images, run_keys):
+    """``(call, carry)``: one device, sequential: the tickets take turns, one call each."""
     # Tickets may share buffers (e.g. one θ_k) and the jitted step donates its state: copy once.
     # Committing every input to the device keeps one compilation for fresh and restored arrays.
     device = self.mesh.devices.flat[0]
     put = lambda tree: jax.device_put(tree, device)
     states = [put(jax.tree.map(jnp.copy, s)) for s in states]
     masks, images, run_keys = put(list(masks)), put(images), put(list(run_keys))
-    while step < until_step:
-      n = min(self.steps_per_call, until_step - step)
-      if boundary_every:
-        n = min(n, boundary_every - step % boundary_every)
-      key = (n, "single")
-      if key not in self._fns:
-        self._fns[key] = steps_lib.jit_multi_step(self.family, n)
-      outs = [self._fns[key](s, m, images, k) for s, m, k in zip(states, masks, run_keys)]
-      states = [o[0] for o in outs]
-      finite = np.array([float(o[1]["finite"]) for o in outs])
-      step += n
-      if not finite.all():
-        raise steps_lib.DivergenceError(f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: "
-                                 f"NaN/Inf loss or params after step {step}")
-      if on_boundary is not None and (step == until_step or (
-          boundary_every and step % boundary_every == 0)):
-        on_boundary(step, states)
-    return states
+
+    def call(n, carry):
+      if (n, "single") not in self._fns:
+        self._fns[(n, "single")] = steps_lib.jit_multi_step(self.family, n)
+      outs = [self._fns[(n, "single")](s, m, images, k)
+              for s, m, k in zip(carry, masks, run_keys)]
+      metrics = jax.device_get([o[1] for o in outs])
+      return [o[0] for o in outs], [{k: float(v) for k, v in m.items()} for m in metrics]
+
+    return call, states
+
+
+def chunk_sizes(step: int, until_step: int, steps_per_call: int, boundary_every: int = 0):
+  """Yields the steps of each call from ``step`` to ``until_step``: ``steps_per_call`` at most,
+  never crossing a multiple of ``boundary_every`` (checkpoints), so a resumed run makes exactly
+  the calls of an uninterrupted one."""
+  while step < until_step:
+    n = min(steps_per_call, until_step - step)
+    if boundary_every:
+      n = min(n, boundary_every - step % boundary_every)
+    yield n
+    step += n

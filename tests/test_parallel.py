@@ -129,7 +129,7 @@ def worker_devices(scenario, out_path):
       bad = states[1]._replace(params=jax.tree.map(lambda x: x * np.nan, states[1].params))
       try:
         runner.train([states[0], bad, states[2]], tree, images(), keys, until_step=1)
-      except FloatingPointError as e:
+      except steps.DivergenceError as e:
         info[name]["divergence"] = str(e)
   for i, alone in enumerate(run_alone(family(), max(t for _, t, _, _ in cases))):
     results[f"alone/{i}"] = alone
@@ -271,7 +271,7 @@ def test_boundaries_and_padding_bookkeeping():
 def test_divergence_names_the_ticket():
   states, tree, keys = tickets("ae", 2)
   bad = states[1]._replace(params=jax.tree.map(lambda x: x * jnp.nan, states[1].params))
-  with pytest.raises(steps_lib.DivergenceError, match=r"ticket\(s\) \[1\] diverged"):
+  with pytest.raises(steps.DivergenceError, match=r"ticket\(s\) \[1\] diverged"):
     ae_runner().train([states[0], bad], tree, images(), keys, until_step=2)
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from lth_jax import configs, training
+from lth_jax import steps as steps_lib
 from tests.conftest import needs_fmnist
 
 pytestmark = needs_fmnist
