@@ -32,7 +32,7 @@ def demo_config():
 
 def main(argv):
   del argv
-  rows = experiment_main.run(lottery.run, demo_config(), _WORKDIR.value)
+  rows = experiment_main.run(lottery.run, "find_tickets", demo_config(), _WORKDIR.value)
   last = max(r["level"] for r in rows)
   ticket = os.path.join(_WORKDIR.value, f"level_{last:02d}", "ticket_seed0", "masks.npz")
   print(f"\nLevel-{last} ticket mask ({ticket}):")

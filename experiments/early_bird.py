@@ -16,23 +16,9 @@ optionally the same architecture from a new init and IMP), ``samples_dense.png``
 over the devices). Running the same command again skips the finished stages; a workdir of a
 different config is refused.
 """
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
 from lth_jax import early_bird
 from lth_jax import experiment_main
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for stages and reports.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py[:preset]).",
-                                          lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  del argv
-  experiment_main.run(early_bird.run, _CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  experiment_main.main(early_bird.run, "early_bird",
+                       workdir_help="Directory for stages and reports.")

@@ -17,24 +17,9 @@ The workdir holds ``source/`` and ``target/`` (two lottery searches, each resuma
 reported like find_tickets.py), ``transferred/`` and the reports ``results.csv``,
 ``metric_vs_sparsity.png`` and ``summary.md``. Running again continues where it stopped.
 """
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
 from lth_jax import experiment_main
 from lth_jax import transfer
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for both searches and the reports.")
-_CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "Source family's config file (path.py[:preset]).",
-                                          lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  del argv
-  experiment_main.run(transfer.run, _CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  experiment_main.main(transfer.run, "transfer",
+                       workdir_help="Directory for both searches and the reports.")

@@ -4,6 +4,9 @@ The files in ``experiments/configs/`` are thin wrappers around :func:`get_config
 ``--config=experiments/configs/dcgan_fmnist.py:smoke`` and a notebook's
 ``configs.get_config('dcgan', 'fashion_mnist', 'smoke')`` give the same thing.
 
+Each binary reads the common sections (``COMMON``) and its own (``SECTIONS``);
+:func:`for_binary` keeps only those, so a binary's ``config.json`` holds what it reads.
+
 Presets:
   * ``default`` — trains a good model on the data set on a 2-core CPU (minutes).
   * ``smoke``   — seconds; for tests and CI.
@@ -17,6 +20,16 @@ import ml_collections
 PRESETS = ("default", "smoke", "paper")
 FEATURE_SPACES = ("classifier", "inception")
 BRANCHES = ("ticket", "random_reinit", "random_pruning", "snip", "grasp", "synflow")
+EARLY_BIRD_KINDS = ("structured", "unstructured")
+# transfer.direction -> (source family, target family); the config is the source family's.
+TRANSFER_DIRECTIONS = {"vae_to_gan": ("vae", "dcgan"), "gan_to_vae": ("dcgan", "vae")}
+TRANSFER_INIT_FROM = ("target", "source")
+# Read by every binary; then each binary's own sections.
+COMMON = ("family", "seed", "data", "model", "loss", "train", "eval", "prune")
+SECTIONS = {"train": (),
+            "find_tickets": ("lottery", "tickets"),
+            "early_bird": ("early_bird", "lottery", "tickets"),   # lottery: early_bird.imp_levels
+            "transfer": ("transfer", "lottery", "tickets")}
 
 _GAN_OPT = dict(lr=2e-4, b1=0.5, b2=0.999, weight_decay=0.0)
 _AE_OPT = dict(lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.0)
@@ -26,9 +39,18 @@ def _parts(family: str) -> tuple[str, str]:
   return ("generator", "discriminator") if family == "dcgan" else ("encoder", "decoder")
 
 
-def get_config(family: str = "dcgan", dataset: str = "fashion_mnist",
-               preset: str = "default") -> ml_collections.ConfigDict:
-  """The config for one family ('ae', 'vae', 'dcgan'), data set and preset."""
+def for_binary(config: ml_collections.ConfigDict, binary: str) -> ml_collections.ConfigDict:
+  """An unlocked copy of ``config`` with only the ``COMMON`` sections and ``binary``'s own."""
+  if binary not in SECTIONS:
+    raise ValueError(f"unknown binary {binary!r}; expected one of {tuple(SECTIONS)}")
+  keep = COMMON + SECTIONS[binary]
+  return ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k in keep})
+
+
+def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: str = "default",
+               binary: str | None = None) -> ml_collections.ConfigDict:
+  """The config for one family ('ae', 'vae', 'dcgan'), data set and preset: every section, or
+  with ``binary`` (a key of ``SECTIONS``) only those that binary reads."""
   if family not in ("ae", "vae", "dcgan"):
     raise ValueError(f"unknown family {family!r}; expected 'ae', 'vae' or 'dcgan'")
   if preset not in PRESETS:
@@ -118,4 +140,4 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist",
     c.eval.update(num_samples=10000, num_test=10000)
   if dataset in ("cifar10", "celeb_a"):
     c.eval.feature_space = "inception"  # the standard FID network; needs eval.inception_weights
-  return c
+  return c if binary is None else for_binary(c, binary)

@@ -1,6 +1,6 @@
 r"""DCGAN on cifar10: `get_config('smoke' | 'default' | 'paper')`.
 
-  python experiments/train.py --config=experiments/configs/dcgan_cifar10.py:smoke --workdir=/tmp/dcgan
+  python experiments/train.py --config=experiments/configs/dcgan_cifar10.py:smoke --workdir=/tmp/gan
   python experiments/find_tickets.py --config=experiments/configs/dcgan_cifar10.py --workdir=/tmp/lt
 """
 from lth_jax import configs

@@ -1,0 +1,338 @@
+"""Checks a binary's config before any work, and the config parsers the drivers share.
+
+``check(config, binary)`` reads every field that ``binary`` (a key of ``configs.SECTIONS``) reads:
+its type, its range and its relation to other fields, section by section in config order (so
+``train.steps`` is blamed before the ``lottery.rewind_step`` that must come before it). The first
+problem raises :class:`ConfigError` with one message naming the field. Sections of other binaries
+are ignored, so the full ``configs.get_config(...)`` of a notebook passes too.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from collections.abc import Callable, Sequence
+
+import ml_collections
+
+from lth_jax import configs
+from lth_jax import data as data_lib
+from lth_jax import objectives
+from lth_jax import parallel
+from lth_jax import pruning
+from lth_jax import steps as steps_lib
+
+_STEPS_RE = re.compile(r"^\s*(\d+)\s*(it|ep)?\s*$")
+# Training examples per data set (tfds 'train' splits), for rewind steps given in epochs.
+_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "celeb_a": 162_770}
+
+
+class ConfigError(ValueError):
+  """A config field is missing, of the wrong type, out of range or at odds with another field."""
+
+
+# ------------------------------------------------------------------------------ parsers
+def parse_steps(spec, steps_per_epoch: int) -> int:
+  """``'500it'``, ``'2ep'`` or an int (``lottery.rewind_step``) → a step count.
+
+  Raises:
+    ConfigError: the spec is not of that form.
+  """
+  match = _STEPS_RE.match(str(spec))
+  if not match:
+    raise ConfigError(f"lottery.rewind_step={spec!r} is not a step count like '500it', '2ep' or "
+                      f"500")
+  value, unit = int(match.group(1)), match.group(2) or "it"
+  return value * steps_per_epoch if unit == "ep" else value
+
+
+def rewind_step(config: ml_collections.ConfigDict, num_train: int | None = None) -> int:
+  """The rewind step k of ``lottery.rewind_step``; epochs count ``ceil(num_train /
+  train.batch_size)`` steps (default ``num_train``: the data set's train split, or
+  ``data.limit`` when smaller).
+
+  Raises:
+    ConfigError: a malformed spec, or k is not before the end of training (``train.steps``).
+  """
+  if num_train is None:
+    size = _TRAIN_SIZES[config.data.name]
+    num_train = min(size, config.data.limit) if config.data.limit else size
+  k = parse_steps(config.lottery.rewind_step, -(-num_train // config.train.batch_size))
+  if k >= config.train.steps:
+    raise ConfigError(f"lottery.rewind_step={config.lottery.rewind_step!r} is step {k}, not before "
+                      f"the end of training (train.steps={config.train.steps})")
+  return k
+
+
+def part_sparsity(early_bird: ml_collections.ConfigDict,
+                  parts: Sequence[str]) -> float | dict[str, float]:
+  """The target of an early-bird search: ``early_bird.sparsity``, or per part when
+  ``early_bird.part_sparsity`` (``'generator=0.6,discriminator=0.85'``) names parts (the parts
+  it does not name get ``early_bird.sparsity``).
+
+  Raises:
+    ConfigError: a malformed entry, an unknown or unpruned part, or a fraction outside (0, 1).
+  """
+  text = early_bird.part_sparsity.strip()
+  if not text:
+    return float(early_bird.sparsity)
+  out = {part: float(early_bird.sparsity) for part in parts}
+  for entry in text.split(","):
+    name, sep, value = entry.partition("=")
+    name = name.strip()
+    try:
+      fraction = float(value)
+    except ValueError:
+      fraction = None
+    if not sep or fraction is None:
+      raise ConfigError(f"early_bird.part_sparsity entry {entry!r} is not 'part=fraction' (e.g. "
+                        f"'generator=0.6,discriminator=0.85')")
+    if name not in out:
+      raise ConfigError(f"early_bird.part_sparsity names {name!r}, which is not a pruned part "
+                        f"(pruned parts: {sorted(parts)})")
+    if not 0.0 < fraction < 1.0:
+      raise ConfigError(f"early_bird.part_sparsity of {name!r} must be in (0, 1), got {fraction}")
+    out[name] = fraction
+  return out
+
+
+# ------------------------------------------------------------------------- field checks
+def _get(config, field: str):
+  node = config
+  for key in field.split("."):
+    node = node[key]
+  return node
+
+
+def _int(config, field: str, minimum: int | None = None) -> int:
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ConfigError(f"{field} must be an int, got {value!r} ({type(value).__name__})")
+  if minimum is not None and value < minimum:
+    raise ConfigError(f"{field} must be >= {minimum}, got {value}")
+  return int(value)
+
+
+def _number(config, field: str, ok: Callable[[float], bool], expected: str) -> float:
+  """A finite int or float with ``ok(value)``; ``expected`` says which (e.g. 'in (0, 1)')."""
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ConfigError(f"{field} must be a number, got {value!r} ({type(value).__name__})")
+  if not (math.isfinite(value) and ok(value)):
+    raise ConfigError(f"{field} must be {expected}, got {value}")
+  return float(value)
+
+
+def _typed(config, field: str, kind: type):
+  value = _get(config, field)
+  if not isinstance(value, kind):
+    raise ConfigError(f"{field} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+  return value
+
+
+def _choice(config, field: str, options: Sequence[str]) -> str:
+  value = _typed(config, field, str)
+  if value not in options:
+    raise ConfigError(f"unknown {field} {value!r}; expected one of {tuple(options)}")
+  return value
+
+
+def _strings(config, field: str) -> tuple[str, ...]:
+  value = _get(config, field)
+  if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(
+      isinstance(v, str) for v in value):
+    raise ConfigError(f"{field} must be a tuple of strings, got {value!r}")
+  return tuple(value)
+
+
+def _section(config, path: str, like: ml_collections.ConfigDict) -> None:
+  """The section at ``path`` has exactly the fields of ``like`` (its defaults)."""
+  parent, _, name = path.rpartition(".")
+  if name not in (_get(config, parent) if parent else config):
+    raise ConfigError(f"the config has no {path} section")
+  have = _get(config, path)
+  if not isinstance(have, (ml_collections.ConfigDict, dict)):
+    raise ConfigError(f"{path} must be a section (ConfigDict), got {have!r}")
+  unknown = sorted(set(have.keys()) - set(like.keys()))
+  missing = sorted(set(like.keys()) - set(have.keys()))
+  if unknown or missing:
+    field = f"{path}.{(unknown or missing)[0]}"
+    raise ConfigError(f"{field} is {'not a config field' if unknown else 'missing'}; {path} has "
+                      f"the fields {sorted(like.keys())}")
+
+
+# --------------------------------------------------------------------------- sections
+def _data(config) -> None:
+  name = _choice(config, "data.name", data_lib.DATASETS)
+  # The models need a power of two >= 8 (28x28 data is padded to 32).
+  sizes = tuple(s for s in data_lib.image_sizes(name) if s >= 8 and not s & (s - 1))
+  size = _int(config, "data.image_size")
+  if size not in sizes:
+    raise ConfigError(f"data.image_size={size} is not available for {name}; expected one of "
+                      f"{sizes}")
+  if _choice(config, "data.source", data_lib.SOURCES) == "idx" and name != "fashion_mnist":
+    raise ConfigError(f"data.source='idx' exists only for fashion_mnist, not {name}; use 'tfds' "
+                      f"or 'auto'")
+  _typed(config, "data.data_dir", str)
+  _typed(config, "data.download", bool)
+  _int(config, "data.limit", 0)
+
+
+def _train(config) -> None:
+  for field, minimum in (("steps", 1), ("batch_size", 1), ("steps_per_call", 1),
+                         ("log_every", 0), ("checkpoint_every", 0)):
+    _int(config, "train." + field, minimum)
+  _section(config, "train.optimizer", configs.get_config(config.family).train.optimizer)
+  _number(config, "train.optimizer.lr", lambda x: x > 0, "> 0")
+  for field in ("b1", "b2"):
+    _number(config, "train.optimizer." + field, lambda x: 0 <= x < 1, "in [0, 1)")
+  _number(config, "train.optimizer.weight_decay", lambda x: x >= 0, ">= 0")
+
+
+def _eval(config, family: str) -> None:
+  space = _choice(config, "eval.feature_space", configs.FEATURE_SPACES)
+  weights = _typed(config, "eval.inception_weights", str)
+  if space == "inception" and not weights:
+    raise ConfigError("eval.feature_space='inception' needs eval.inception_weights: the path of "
+                      "the standard FID Inception weights (pt_inception-2015-12-05-6726825d.pth or "
+                      "its .npz conversion); or use eval.feature_space='classifier'")
+  if space == "inception" and not os.path.isfile(os.path.expanduser(weights)):
+    raise ConfigError(f"eval.inception_weights={weights!r} is not a file")
+  _int(config, "eval.num_samples", 2)   # FID needs a covariance
+  _int(config, "eval.num_test", 2)
+  _int(config, "eval.batch_size", 1)
+  # The AE's grid is half test images, half their reconstructions.
+  _int(config, "eval.grid_size", 2 if family == "ae" else 1)
+  _int(config, "eval.classifier_steps", 1)
+  _typed(config, "eval.cache_dir", str)
+
+
+def _prune(config, family: str, prunes: bool) -> list[str]:
+  """Checks ``prune``; returns the parts it prunes (``prunes``: the binary needs one)."""
+  parts = steps_lib.PARTS[family]
+  switches = config.prune.parts
+  if not isinstance(switches, (ml_collections.ConfigDict, dict)):
+    raise ConfigError(f"prune.parts must be a section {{part: bool}}, got {switches!r}")
+  for name, on in switches.items():
+    if name not in parts:
+      raise ConfigError(f"prune.parts names {name!r}, which is not a part of {family} (parts: "
+                        f"{parts})")
+    if not isinstance(on, bool):
+      raise ConfigError(f"prune.parts.{name} must be a bool, got {on!r}")
+  pruned = [p for p, on in switches.items() if on]
+  if prunes and not pruned:
+    raise ConfigError(f"prune.parts switches every part off: {dict(switches)}")
+  for entry in _strings(config, "prune.exclude"):
+    if entry.split("/", 1)[0] not in parts:
+      raise ConfigError(f"prune.exclude entry {entry!r} is not a layer path of {family} "
+                        f"('<part>/<layer>', parts: {parts})")
+  _choice(config, "prune.scope", pruning.SCOPES)
+  return pruned
+
+
+def _tickets(config) -> None:
+  seeds = _get(config, "tickets.seeds")
+  if isinstance(seeds, (int, str)) or not isinstance(seeds, (tuple, list)) or not all(
+      isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    raise ConfigError(f"tickets.seeds must be a tuple of ints >= 0, got {seeds!r}")
+  if not seeds:
+    raise ConfigError("tickets.seeds is empty")
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f"tickets.seeds has repeats: {tuple(seeds)}")
+  _choice(config, "tickets.execution", parallel.EXECUTIONS)
+  shards = _int(config, "tickets.data_parallel", 1)
+  if config.train.batch_size % shards:
+    raise ConfigError(f"tickets.data_parallel={shards} does not divide train.batch_size="
+                      f"{config.train.batch_size}")
+
+
+def _lottery(config) -> None:
+  _int(config, "lottery.levels", 0)
+  _number(config, "lottery.rate", lambda x: 0 < x < 1, "in (0, 1)")
+  rewind_step(config)
+  _typed(config, "lottery.rewind_optimizer", bool)
+  branches = _strings(config, "lottery.branches")
+  unknown = [b for b in branches if b not in configs.BRANCHES]
+  if unknown:
+    raise ConfigError(f"unknown lottery.branches {unknown}; valid: {configs.BRANCHES}")
+  if "ticket" not in branches:
+    raise ConfigError("lottery.branches must contain 'ticket' (every baseline is defined by the "
+                      "ticket's sparsity)")
+  if len(set(branches)) != len(branches):
+    raise ConfigError(f"lottery.branches has repeats: {branches}")
+  _int(config, "lottery.synflow_iterations", 1)
+
+
+def _early_bird(config, pruned: list[str]) -> None:
+  _choice(config, "early_bird.kind", configs.EARLY_BIRD_KINDS)
+  _number(config, "early_bird.sparsity", lambda x: 0 < x < 1, "in (0, 1)")
+  _typed(config, "early_bird.part_sparsity", str)
+  part_sparsity(config.early_bird, pruned)
+  _int(config, "early_bird.interval", 1)
+  if _int(config, "early_bird.window") < 2:
+    raise ConfigError(f"early_bird.window must be >= 2 (masks to compare), got "
+                      f"{config.early_bird.window}")
+  _number(config, "early_bird.epsilon", lambda x: 0 <= x <= 1, "in [0, 1]")
+  _number(config, "early_bird.bn_l1", lambda x: x >= 0, ">= 0")
+  if _int(config, "early_bird.max_search_steps", 0) > config.train.steps:
+    raise ConfigError(f"early_bird.max_search_steps={config.early_bird.max_search_steps} exceeds "
+                      f"train.steps={config.train.steps}")
+  _int(config, "early_bird.ticket_steps", 0)
+  for field in ("rewind", "dense_baseline", "scratch_baseline"):
+    _typed(config, "early_bird." + field, bool)
+  _int(config, "early_bird.imp_levels", 0)
+
+
+def _transfer(config) -> None:
+  direction = _choice(config, "transfer.direction", configs.TRANSFER_DIRECTIONS)
+  source = configs.TRANSFER_DIRECTIONS[direction][0]
+  if config.family != source:
+    raise ConfigError(f"transfer.direction={direction!r} needs a {source} config as the source, "
+                      f"but family={config.family!r}; use experiments/configs/"
+                      f"{source}_<dataset>.py or the other direction")
+  _choice(config, "transfer.init_from", configs.TRANSFER_INIT_FROM)
+  _typed(config, "transfer.with_discriminator", bool)
+
+
+def check(config: ml_collections.ConfigDict, binary: str) -> None:
+  """Checks every field ``binary`` reads ('train', 'find_tickets', 'early_bird', 'transfer').
+
+  Raises:
+    ConfigError: the first bad field, named in the message with what it must be.
+    ValueError: an unknown ``binary``.
+  """
+  if binary not in configs.SECTIONS:
+    raise ValueError(f"unknown binary {binary!r}; expected one of {tuple(configs.SECTIONS)}")
+  known = set(configs.COMMON).union(*configs.SECTIONS.values())
+  unknown = sorted(set(config.keys()) - known)
+  if unknown:
+    raise ConfigError(f"{unknown[0]} is not a config field or section; expected {sorted(known)}")
+  for field in ("family", "seed"):
+    if field not in config:
+      raise ConfigError(f"the config has no {field}")
+  family = _typed(config, "family", str)
+  if family not in steps_lib.FAMILIES:
+    raise ConfigError(f"family: unknown model family {family!r}; expected one of "
+                      f"{steps_lib.FAMILIES}")
+  _int(config, "seed", 0)
+  defaults = configs.get_config(family)
+  for name in configs.COMMON[2:] + configs.SECTIONS[binary]:
+    _section(config, name, defaults[name])
+  _data(config)
+  _int(config, "model.width", 1)
+  _int(config, "model.z_dim", 1)
+  _choice(config, "loss.kind", objectives.GAN_LOSSES)
+  _number(config, "loss.beta", lambda x: x >= 0, ">= 0")
+  _train(config)
+  _eval(config, family)
+  pruned = _prune(config, family, prunes=binary != "train")
+  if binary == "train":
+    return
+  _tickets(config)
+  _lottery(config)
+  if binary == "early_bird":
+    _early_bird(config, pruned)
+  if binary == "transfer":
+    _transfer(config)

@@ -1,0 +1,136 @@
+"""Bad invocations of every binary: one line naming the problem, exit 2, no traceback, and an
+existing workdir left byte-identical (each case is its own subprocess, run a few at a time)."""
+import concurrent.futures
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "experiments", "configs")
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+NO_WORKDIR = "<no --workdir>"
+# binary -> (args, text the output must contain). {workdir}: a copy of a fake workdir, added as
+# --workdir unless the args give one or NO_WORKDIR; {tmp}: the test's tmp_path (bad config files).
+CASES = {
+    "train": [
+        (["--config=ae_fmnist.py:smoke", "--config.train.batch_size=0"],
+         "train.batch_size must be >= 1, got 0"),
+        (["--config=no_such.py"], "no_such.py"),
+        (["--config={tmp}/bad_syntax.py"], "syntax error in {tmp}/bad_syntax.py line 2"),
+        (["--config=dcgan_fmnist.py:nope"], "unknown preset 'nope'"),
+        (["--config=ae_fmnist.py:smoke", "--config.train.nope=1"], "train.nope is not a config"),
+        (["--config=ae_fmnist.py:smoke", "--config.train.steps=abc"], "--config.train.steps=abc"),
+        (["--config=ae_fmnist.py:smoke", NO_WORKDIR], "missing required flag --workdir"),
+        (["--config=ae_fmnist.py:smoke", "--workdir="], "--workdir is empty"),
+        (["--config=ae_fmnist.py:smoke", "--config.lottery.levels=3"],
+         "lottery.levels is not read by train"),
+        (["--config=dcgan_cifar10.py:smoke"], "needs eval.inception_weights"),
+    ],
+    "find_tickets": [
+        (["--config=ae_fmnist.py:smoke", "--config.train.steps=-5"],
+         "train.steps must be >= 1, got -5"),
+        (["--config=ae_fmnist.py:smoke", "--config.early_bird.sparsity=0.5"],
+         "early_bird.sparsity is not read by find_tickets"),
+        (["--config=ae_fmnist.py:smoke", "--config.lottery.rate=1.5"], "lottery.rate must be in"),
+        (["--config=ae_fmnist.py:smoke", "--config.tickets.seeds=0,0"],
+         "tickets.seeds has repeats"),
+        (["--config=ae_fmnist.py:smoke", "--config.family=wgan"], "unknown model family 'wgan'"),
+        (["--config=ae_fmnist.py:smoke", "stray"], "unexpected argument(s) ['stray']"),
+        (["--config={tmp}/no_get_config.py"], "defines no get_config()"),
+    ],
+    "early_bird": [
+        (["--config=ae_fmnist.py:smoke", "--config.early_bird.window=1"],
+         "early_bird.window must be >= 2"),
+        (["--config=ae_fmnist.py:smoke", "--config.early_bird.part_sparsity=generator=0.5"],
+         "early_bird.part_sparsity names 'generator'"),
+        (["--config=ae_fmnist.py:smoke", "--config.transfer.direction=gan_to_vae"],
+         "transfer.direction is not read by early_bird"),
+    ],
+    "transfer": [
+        (["--config=ae_fmnist.py:smoke"], "transfer.direction='vae_to_gan' needs a vae config"),
+        (["--config=vae_fmnist.py:smoke", "--config.early_bird.sparsity=0.5"],
+         "early_bird.sparsity is not read by transfer"),
+        (["--config.transfer.init_from=source"], "missing required flag --config"),
+    ],
+    "report": [
+        (["--workdir={tmp}/missing"], "--workdir='{tmp}/missing' is not a directory"),
+        (["--workdir={workdir}"], "no finished level (level_*/done.json) in '{workdir}'"),
+        (["--workdir={tmp}/finished", "--metric=nope"], "--metric='nope' is not a numeric column"),
+        ([NO_WORKDIR], "missing required flag --workdir"),
+    ],
+}
+
+
+def _digest(directory) -> dict[str, str]:
+  """{relative path: sha256} of every file and directory under ``directory``."""
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs:
+      out[os.path.relpath(os.path.join(root, name), directory) + "/"] = "dir"
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.relpath(os.path.join(root, name), directory)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return out
+
+
+def _fake_workdir(path) -> None:
+  """A workdir with a config.json and a run's files (no finished level)."""
+  os.makedirs(path / "level_00" / "checkpoints")
+  with open(path / "config.json", "w") as f:
+    json.dump({"family": "ae", "train": {"steps": 6}}, f)
+  (path / "metrics.jsonl").write_text('{"step": 2, "loss": 0.5}\n')
+  (path / "level_00" / "checkpoints" / "2").write_bytes(bytes(range(256)))
+
+
+def _run_case(binary, args, expected, tmp_path, index):
+  workdir = tmp_path / f"work_{index}"
+  _fake_workdir(workdir)
+  before = _digest(workdir)
+  fill = lambda s: s.format(tmp=tmp_path, workdir=workdir)
+  argv = [fill(a).replace("--config=", "--config=" + CONFIGS + "/", 1)
+          if a.startswith("--config=") and "{tmp}" not in a else fill(a) for a in args]
+  if binary != "report" and not any(a.startswith("--workdir") or a == NO_WORKDIR for a in argv):
+    argv.append(f"--workdir={workdir}")
+  argv = [a for a in argv if a != NO_WORKDIR]
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", f"{binary}.py"), *argv],
+                       capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+  output = out.stdout + out.stderr
+  problems = []
+  if out.returncode != 2:
+    problems.append(f"exit {out.returncode}")
+  if "Traceback" in output:
+    problems.append("a traceback")
+  if fill(expected) not in output:
+    problems.append(f"no {fill(expected)!r}")
+  if _digest(workdir) != before:
+    problems.append("the workdir changed")
+  return f"{binary} {' '.join(args)}: {', '.join(problems)}\n{output[-1500:]}" if problems else ""
+
+
+@pytest.mark.parametrize("binary", list(CASES))
+def test_bad_invocations_are_refused_before_any_work(binary, tmp_path):
+  (tmp_path / "bad_syntax.py").write_text("def get_config():\n  return {\n")
+  (tmp_path / "no_get_config.py").write_text("CONFIG = {}\n")
+  finished = tmp_path / "finished"
+  os.makedirs(finished / "level_00")
+  (finished / "config.json").write_text(json.dumps({"family": "ae"}))
+  (finished / "level_00" / "done.json").write_text(json.dumps(
+      [{"level": 0, "branch": "dense", "seed": 0, "sparsity": 0.0, "recon_mse": 0.5}]))
+  finished_before = _digest(finished)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+    failures = [f for f in pool.map(lambda c: _run_case(binary, *c[1], tmp_path, c[0]),
+                                    enumerate(CASES[binary])) if f]
+  assert not failures, "\n\n".join(failures)
+  assert _digest(finished) == finished_before
+  assert not os.path.exists(tmp_path / "missing")
+
+
+def test_at_least_twenty_cases_over_every_binary():
+  assert sum(len(c) for c in CASES.values()) >= 20
+  assert set(CASES) == {"train", "find_tickets", "early_bird", "transfer", "report"}
