@@ -158,6 +158,17 @@ def padded_count(num_tickets: int, num_shards: int) -> int:
   return -(-num_tickets // num_shards) * num_shards
 
 
+def owners(mesh: jax.sharding.Mesh, num_tickets: int) -> list[int]:
+  """The process that trains each of ``num_tickets`` tickets on ``mesh`` (lowest index if shared).
+
+  Ticket i lives on mesh row ``i // block`` with ``block = padded / rows``; a process should
+  evaluate or report exactly the tickets it owns.
+  """
+  rows = mesh.shape["ticket"]
+  block = padded_count(num_tickets, rows) // rows
+  return [min(d.process_index for d in mesh.devices[i // block]) for i in range(num_tickets)]
+
+
 class TicketRunner:
   """Trains groups of same-shaped tickets of one family together.
 
@@ -196,14 +207,8 @@ class TicketRunner:
     return self.mesh.shape["ticket"]
 
   def owners(self, num_tickets: int) -> list[int]:
-    """The process that trains each of ``num_tickets`` tickets (lowest index if shared).
-
-    Ticket i lives on mesh row ``i // block`` with ``block = padded / num_shards``; a process
-    should evaluate or report exactly the tickets it owns.
-    """
-    block = padded_count(num_tickets, self.num_shards) // self.num_shards
-    return [min(d.process_index for d in self.mesh.devices[i // block])
-            for i in range(num_tickets)]
+    """The process that trains each of ``num_tickets`` tickets (see :func:`owners`)."""
+    return owners(self.mesh, num_tickets)
 
   def _single_device_loop(self) -> bool:
     return self.mesh.devices.size == 1 and self.execution == "sequential"

@@ -48,23 +48,19 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 
-from lth_jax import checkpointing
+from lth_jax import branches
 from lth_jax import configs
-from lth_jax import evaluation
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
-from lth_jax import report
+from lth_jax import runs
 from lth_jax import steps as steps_lib
-from lth_jax import training
+from lth_jax import validation
 from lth_jax.models import dcgan
 
 PyTree = Any
@@ -211,20 +207,20 @@ def initial_state(family: steps_lib.Family, target_theta_k: steps_lib.TrainState
     family: the target family.
     target_theta_k: the target's dense state at its rewind step (as its own ticket starts).
     masks: the transferred masks (target-shaped).
-    init_from: 'target' — exactly as the target's own ticket is reset (:func:`lottery.rewind`):
+    init_from: 'target' — exactly as the target's own ticket is reset (:func:`branches.rewind`):
       θ_k weights, BatchNorm statistics and (with ``restore_optimizer``) optimizer state;
       'source' — the mapped layers' weights and BatchNorm statistics from ``source_theta_k``
       (the others from ``target_theta_k``) and a fresh optimizer (the families' optimizers
       differ).
     source_theta_k: the source's dense state at its rewind step ('source' only).
     name_map: source prefix -> target prefix of the transferred layers ('source' only).
-    restore_optimizer: 'target' only, as in :func:`lottery.rewind`.
+    restore_optimizer: 'target' only, as in :func:`branches.rewind`.
 
   Raises:
     ValueError: unknown ``init_from`` or missing source arguments.
   """
   if init_from == "target":
-    return lottery.rewind(family, target_theta_k, masks, restore_optimizer=restore_optimizer)
+    return branches.rewind(family, target_theta_k, masks, restore_optimizer=restore_optimizer)
   if init_from != "source":
     raise ValueError(f"unknown transfer.init_from {init_from!r}; expected one of {INIT_FROM}")
   if source_theta_k is None or name_map is None:
@@ -288,13 +284,6 @@ def _prune_section(params_shape: PyTree, prunable: set[str], parts: tuple[str, .
   return ml_collections.ConfigDict(dict(parts=on, exclude=tuple(exclude), scope=scope))
 
 
-def _plain_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """An unlocked copy without the ``transfer`` section (the searches are plain lottery runs)."""
-  copy = ml_collections.ConfigDict(config.to_dict())
-  del copy["transfer"]
-  return copy
-
-
 def derive_configs(config: ml_collections.ConfigDict
                    ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
   """The source and target lottery configs of a transfer run of the source config ``config``.
@@ -310,14 +299,14 @@ def derive_configs(config: ml_collections.ConfigDict
     TransferMismatchError: the two architectures differ (naming the layers).
   """
   spec = spec_from_config(config)
-  source = _plain_copy(config)
+  source = configs.for_binary(config, "find_tickets")     # the searches are lottery runs
   source.lottery.branches = ("ticket",)
-  target = _plain_copy(config)
+  target = configs.for_binary(config, "find_tickets")
   target.family = spec.target_family
   defaults = configs.get_config(spec.target_family, config.data.name)
   target.train.optimizer = defaults.train.optimizer.to_dict()
-  src_family = training.family_from_config(source)
-  tgt_family = training.family_from_config(target)
+  src_family = runs.family_from_config(source)
+  tgt_family = runs.family_from_config(target)
   src_shape = jax.eval_shape(src_family.init, jax.random.key(0)).params
   tgt_shape = jax.eval_shape(tgt_family.init, jax.random.key(0)).params
   map_params(src_shape, tgt_shape, spec.name_map)
@@ -346,97 +335,47 @@ def derive_configs(config: ml_collections.ConfigDict
 
 
 # ---------------------------------------------------------------------------- the experiment
-class _Transferred:
-  """The 'transferred' branch: per level, every seed's mapped source ticket, trained together."""
+def _transferred_level(ctx: runs.Context, spec: Spec, source: ml_collections.ConfigDict,
+                       workdir: str, level: int) -> list[dict]:
+  """Level ``level``'s ``transferred`` tickets (one per seed), a stage in
+  ``transferred/level_LL/``: each seed's source ticket mapped onto the target and trained with
+  the target ticket's budget, data stream (its run key) and evaluation."""
+  config = ctx.config
+  source_family = runs.family_from_config(source)
+  source_shape = jax.eval_shape(source_family.init, jax.random.key(0))
+  source_dense = runs.dense_masks(source, source_family, source_shape.params)
+  theta_k_path = lambda search, seed: os.path.join(workdir, search, "level_00",
+                                                   f"dense_seed{seed}", "theta_k")
 
-  def __init__(self, spec: Spec, source: ml_collections.ConfigDict,
-               target: ml_collections.ConfigDict, workdir: str):
-    self.spec = spec
-    self.source_config, self.config = source, target
-    self.source_dir = os.path.join(workdir, "source")
-    self.target_dir = os.path.join(workdir, "target")
-    self.workdir = os.path.join(workdir, BRANCH)
-    os.makedirs(self.workdir, exist_ok=True)
-    self.family = training.family_from_config(target)
-    self.source_family = training.family_from_config(source)
-    self.train_split, self.test_split = training.load_data(target)
-    self.runner = parallel.TicketRunner(
-        self.family, mesh=parallel.make_mesh(data_parallel=target.tickets.data_parallel),
-        execution=target.tickets.execution, steps_per_call=target.train.steps_per_call)
-    self.evaluator = evaluation.Evaluator.from_config(target, self.train_split, self.test_split)
-    self.metric = evaluation.primary_metric_key(target.family, self.evaluator.extractor.name)
-    self.is_main = jax.process_index() == 0
-    self.writer = report.MetricWriter(self.workdir, enabled=self.is_main)
-    self.state_shape = jax.eval_shape(self.family.init, jax.random.key(0))
-    self.source_state_shape = jax.eval_shape(self.source_family.init, jax.random.key(0))
-    self.source_dense = training.masks_from_config(source, self.source_family,
-                                                   self.source_state_shape.params)
+  def make_tickets(names):
+    tickets = []
+    for name in names:
+      seed = int(name.rsplit("_seed", 1)[1])
+      source_ticket = masks_lib.load(
+          os.path.join(workdir, "source", f"level_{level:02d}", f"ticket_seed{seed}",
+                       "masks.npz"), like=source_dense)
+      theta_k = ctx.load_state(theta_k_path("target", seed))
+      m = map_masks(source_ticket, ctx.dense_masks(theta_k.params), spec.name_map)
+      source_theta_k = (ctx.load_state(theta_k_path("source", seed), like=source_shape)
+                        if spec.init_from == "source" else None)
+      state = initial_state(ctx.family, theta_k, m, init_from=spec.init_from,
+                            source_theta_k=source_theta_k, name_map=spec.name_map,
+                            restore_optimizer=config.lottery.rewind_optimizer)
+      tickets.append(runs.Ticket(name, state, m, runs.seed_keys(seed)["run"],
+                                 {"level": level, "branch": BRANCH, "seed": seed}))
+    return tickets
 
-  def _theta_k(self, search_dir: str, seed: int, like) -> steps_lib.TrainState:
-    return checkpointing.load_tree(
-        os.path.join(search_dir, "level_00", f"dense_seed{seed}", "theta_k"), like=like)
+  def columns(ticket, state, timing):
+    return {"sparsity": float(masks_lib.sparsity(ticket.masks)), "steps": int(state.step),
+            "group_train_seconds": timing.seconds}
 
-  def _run(self, level: int, seed: int) -> dict:
-    source_ticket = masks_lib.load(
-        os.path.join(self.source_dir, f"level_{level:02d}", f"ticket_seed{seed}", "masks.npz"),
-        like=self.source_dense)
-    theta_k = self._theta_k(self.target_dir, seed, self.state_shape)
-    own = training.masks_from_config(self.config, self.family, theta_k.params)
-    m = map_masks(source_ticket, own, self.spec.name_map)
-    source_theta_k = (self._theta_k(self.source_dir, seed, self.source_state_shape)
-                      if self.spec.init_from == "source" else None)
-    state = initial_state(self.family, theta_k, m, init_from=self.spec.init_from,
-                          source_theta_k=source_theta_k, name_map=self.spec.name_map,
-                          restore_optimizer=self.config.lottery.rewind_optimizer)
-    # The target ticket's run key: the same batches and noise as the ticket it is compared with.
-    return {"seed": seed, "state": state, "masks": m,
-            "key": lottery._seed_keys(seed)["run"]}  # pylint: disable=protected-access
-
-  def level(self, level: int) -> list[dict]:
-    level_dir = os.path.join(self.workdir, f"level_{level:02d}")
-    done = os.path.join(level_dir, "done.json")
-    if os.path.exists(done):
-      with open(done) as f:
-        return json.load(f)
-    runs = [self._run(level, int(seed)) for seed in self.config.tickets.seeds]
-    start = time.perf_counter()
-    with checkpointing.Manager(os.path.join(level_dir, "checkpoints"), max_to_keep=2) as manager:
-      states = [r["state"] for r in runs]
-      if manager.latest_step() is not None:
-        states = manager.restore(like={"tickets": states})[0]["tickets"]
-
-      def save(step, current):
-        if step not in manager.all_steps():
-          manager.save(step, {"tickets": current}, force=True)
-
-      states = self.runner.train(states, [r["masks"] for r in runs], self.train_split.images,
-                                 [r["key"] for r in runs], until_step=self.config.train.steps,
-                                 on_boundary=save,
-                                 boundary_every=self.config.train.checkpoint_every)
-    seconds = time.perf_counter() - start
-    rows = [self._finish(level_dir, level, run, state, seconds)
-            for run, state in zip(runs, states)]
-    if self.is_main:
-      self.evaluator.save_grid(self.family, states[0],
-                               os.path.join(self.workdir, f"samples_level{level}.png"))
-      with open(done + ".tmp", "w") as f:
-        json.dump(rows, f, indent=2)
-      os.replace(done + ".tmp", done)
-    return rows
-
-  def _finish(self, level_dir: str, level: int, run: dict, state, seconds: float) -> dict:
-    metrics = self.evaluator(self.family, state)
-    row = {"level": level, "branch": BRANCH, "seed": run["seed"],
-           "sparsity": float(masks_lib.sparsity(run["masks"])), "steps": int(state.step),
-           "group_train_seconds": seconds, **metrics}
-    if self.is_main:
-      directory = os.path.join(level_dir, f"{BRANCH}_seed{run['seed']}")
-      os.makedirs(directory, exist_ok=True)
-      masks_lib.save(os.path.join(directory, "masks.npz"), run["masks"], overwrite=True)
-      with open(os.path.join(directory, "metrics.json"), "w") as f:
-        json.dump(row, f, indent=2)
-      self.writer.write_scalars(level, metrics, branch=BRANCH, seed=run["seed"])
-    return row
+  level_dir = os.path.join(ctx.workdir, f"level_{level:02d}")
+  return ctx.run_stage(
+      level_dir, [f"{BRANCH}_seed{int(s)}" for s in config.tickets.seeds], make_tickets,
+      until_step=config.train.steps, columns=columns,
+      done_file=os.path.join(level_dir, "done.json"),
+      grid=os.path.join(ctx.workdir, f"samples_level{level}.png"),
+      label=f"level {level} {BRANCH}: ", scalar_step=lambda t, s: level)
 
 
 def _describe(spec: Spec, source: ml_collections.ConfigDict,
@@ -468,17 +407,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   Returns:
     The target search's rows followed by the ``transferred`` rows (one per level >= 1 and seed).
   """
+  validation.check(config, "transfer")
   spec = spec_from_config(config)
   source, target = derive_configs(config)
-  training.prepare_workdir(workdir, config)
+  runs.prepare_workdir(workdir, config, extendable=lottery.EXTENDABLE)
   lottery.run(source, os.path.join(workdir, "source"))
   rows = lottery.run(target, os.path.join(workdir, "target"))
-  stage = _Transferred(spec, source, target, workdir)
+  ctx = runs.Context(target, os.path.join(workdir, BRANCH))
   for level in range(1, config.lottery.levels + 1):
-    rows = rows + stage.level(level)
-  stage.writer.close()
-  if stage.is_main:
-    summary = lottery.write_reports(workdir, rows, stage.metric)
+    rows = rows + _transferred_level(ctx, spec, source, workdir, level)
+  ctx.writer.close()
+  if ctx.is_main:
+    summary = lottery.write_reports(workdir, rows, ctx.metric)
     summary += _describe(spec, source, target)
     with open(os.path.join(workdir, "summary.md"), "w") as f:
       f.write(summary)

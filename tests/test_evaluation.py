@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import configs, data, evaluation, feature_spaces, metrics, training
+from lth_jax import configs, data, evaluation, feature_spaces, metrics, runs
 
 
 def _toy_extractor(name="toy"):
@@ -39,7 +39,7 @@ def test_evaluator_scores_are_feature_metrics_of_its_samples():
   extractor = _toy_extractor()
   evaluator = evaluation.Evaluator.from_config(config, _split(1, 64), _split(2, 64),
                                                extractor=extractor)
-  family = training.family_from_config(config)
+  family = runs.family_from_config(config)
   state = family.init(jax.random.key(0))
   scores = evaluator(family, state)
   assert set(scores) == {"fid_toy", "kid_toy", "kid_std_toy", "is_toy", "is_std_toy", "recon_mse",

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import configs, lottery, masks, pruning, steps
+from lth_jax import branches, configs, lottery, masks, pruning, steps, validation
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,19 +79,19 @@ def test_rewind_restores_theta_k_exactly():
   images = jax.numpy.zeros((16, 32, 32, 1), jax.numpy.uint8)
   theta_k, _ = jax.jit(steps.multi_step(fam, 2))(theta_k, dense, images, jax.random.key(1))
   ticket = pruning.magnitude(theta_k.params, dense, 0.5)
-  state = lottery.rewind(fam, theta_k, ticket)
+  state = branches.rewind(fam, theta_k, ticket)
   chex.assert_trees_all_equal(state.params, masks.apply(theta_k.params, ticket))
   chex.assert_trees_all_equal(state.batch_stats, theta_k.batch_stats)
   assert int(state.step) == int(theta_k.step) == 2
   mu = state.opt_state["generator"][0].mu["convt1"]["kernel"]
   assert np.all(np.asarray(mu)[~np.asarray(ticket["generator"]["convt1"]["kernel"])] == 0)
-  fresh = lottery.rewind(fam, theta_k, ticket, restore_optimizer=False)
+  fresh = branches.rewind(fam, theta_k, ticket, restore_optimizer=False)
   assert int(fresh.opt_state["generator"][0].count) == 0
 
 
 @pytest.mark.parametrize("spec,expected", [("500it", 500), ("2ep", 20), (7, 7), ("0", 0)])
 def test_parse_steps(spec, expected):
-  assert lottery.parse_steps(spec, steps_per_epoch=10) == expected
+  assert validation.parse_steps(spec, steps_per_epoch=10) == expected
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -108,7 +108,7 @@ def test_bad_config_values(field, value, message):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
-    lottery.validate(config, num_train=512)
+    validation.check(config, "find_tickets")
 
 
 def _binary(workdir, *overrides, config="ae_fmnist.py:smoke"):
@@ -151,7 +151,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
                           stderr=subprocess.DEVNULL, env=ENV)
   deadline = time.time() + 300
   target = killed / "level_01" / "checkpoints"  # mid-level: some in-level checkpoints exist
-  while time.time() < deadline and not (target.exists() and len(os.listdir(target)) >= 1):
+  while time.time() < deadline and not (target.exists() and any(
+      os.listdir(group) for group in target.iterdir())):
     time.sleep(0.05)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
@@ -170,3 +171,38 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
       mb = json.load(f)
     for key in ("recon_mse", "sparsity", "steps"):
       assert ma[key] == mb[key], (name, key)
+
+
+def test_branch_registry_order_and_a_new_branch():
+  assert branches.names()[:6] == ("ticket", "random_reinit", "random_pruning", "snip", "grasp",
+                                  "synflow")
+  assert tuple(configs.get_config("ae").lottery.branches) == branches.names()[:6]
+  with pytest.raises(ValueError, match="already registered"):
+    branches.register("ticket")(lambda x: None)
+  with pytest.raises(ValueError, match="unknown lottery branch 'lasso'"):
+    branches.start("lasso", None)
+
+
+@needs_fmnist
+def test_extending_a_finished_search_trains_only_what_is_missing(tmp_path):
+  small = configs.get_config("ae", "fashion_mnist", "smoke")
+  small.lottery.update(levels=1, branches=("ticket",))
+  workdir = str(tmp_path / "extended")
+  lottery.run(small, workdir)
+  ticket_file = os.path.join(workdir, "level_01", "ticket_seed0", "metrics.json")
+  stamp = os.stat(ticket_file).st_mtime_ns
+  full = configs.get_config("ae", "fashion_mnist", "smoke")
+  full.lottery.update(levels=2, branches=("ticket", "random_pruning"))
+  extended = lottery.run(full, workdir)
+  assert os.stat(ticket_file).st_mtime_ns == stamp            # level 1's ticket not retrained
+  fresh = lottery.run(full, str(tmp_path / "fresh"))
+  key = lambda r: (r["level"], r["branch"], r["seed"])
+  assert sorted(map(key, extended)) == sorted(map(key, fresh))
+  by_key = {key(r): r for r in fresh}
+  for row in extended:
+    assert row["recon_mse"] == by_key[key(row)]["recon_mse"], key(row)
+  changed = configs.get_config("ae", "fashion_mnist", "smoke")
+  changed.lottery.update(levels=2, branches=("ticket", "random_pruning"))
+  changed.train.steps = 8
+  with pytest.raises(ValueError, match="differs in: train.steps"):
+    lottery.run(changed, workdir)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lth_jax import configs, training
+from lth_jax import configs, runs, training
 from lth_jax import steps as steps_lib
 from tests.conftest import needs_fmnist
 
@@ -51,11 +51,11 @@ def test_divergence_is_caught_and_last_good_checkpoint_kept(tmp_path):
 
 def test_workdir_of_another_config_is_refused(tmp_path):
   config = configs.get_config("ae", "fashion_mnist", "smoke")
-  training.prepare_workdir(str(tmp_path), config)
+  runs.prepare_workdir(str(tmp_path), config)
   other = configs.get_config("ae", "fashion_mnist", "smoke")
   other.train.steps = 99
-  with pytest.raises(training.WorkdirConflictError, match="train.steps"):
-    training.prepare_workdir(str(tmp_path), other)
+  with pytest.raises(runs.WorkdirConflictError, match="train.steps"):
+    runs.prepare_workdir(str(tmp_path), other)
 
 
 def test_binary_with_overrides(tmp_path):

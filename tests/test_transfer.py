@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import configs, lottery, masks, report, steps, transfer
+from lth_jax import branches, configs, masks, report, steps, transfer
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +138,7 @@ def test_initial_state_from_source_and_target():
   chex.assert_trees_all_equal(state.batch_stats["generator"], vae.batch_stats["decoder"])
   assert int(state.opt_state["generator"][0].count) == 0
   same = transfer.initial_state(gan_fam, gan, ticket, init_from="target")
-  chex.assert_trees_all_equal(same, lottery.rewind(gan_fam, gan, ticket))
+  chex.assert_trees_all_equal(same, branches.rewind(gan_fam, gan, ticket))
   with pytest.raises(ValueError, match="transfer.init_from"):
     transfer.initial_state(gan_fam, gan, ticket, init_from="nowhere")
 

@@ -1,0 +1,350 @@
+"""The one run machinery: a group of tickets through a stage.
+
+Every driver (``training``, ``lottery``, ``early_bird``, ``transfer``) does the same things to a
+group of same-architecture tickets, and does them here:
+
+* **set-up** (:class:`Context`): the config's family, data, ``('ticket', 'data')`` mesh, one
+  :class:`parallel.TicketRunner` per architecture, the evaluator (built on process 0 first, which
+  trains and caches the feature classifier, then on the others after a barrier) and the metric
+  writer; :func:`prepare_workdir` refuses a workdir of another config;
+* **train** (:meth:`Context.train`): the group advances together to a step, with in-stage Orbax
+  checkpoints every ``train.checkpoint_every`` steps, resumed after any interruption (fused calls
+  are aligned to checkpoints, so a resumed run makes the same calls: bit-identical), loss logs
+  every ``train.log_every`` steps and a progress line;
+* **evaluate and write** (:meth:`Context.finish`): each ticket is evaluated by the process that
+  trained it, which writes ``<name>/metrics.json`` (and ``masks.npz``); weights worth keeping are
+  saved collectively; a barrier, then every process reads every row;
+* **a stage** (:meth:`Context.run_stage`): the tickets whose ``metrics.json`` is missing are built,
+  trained, evaluated and written; the rows of all of them are returned (and written to a done
+  file): a finished stage costs nothing, and a ticket added to it later trains alone;
+* **seed keys** (:func:`seed_keys`) and **atomic JSON** (:func:`write_json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lth_jax import checkpointing
+from lth_jax import data as data_lib
+from lth_jax import evaluation
+from lth_jax import masks as masks_lib
+from lth_jax import parallel
+from lth_jax import report
+from lth_jax import steps as steps_lib
+
+PyTree = Any
+# Independent random streams of one seed (split once); 'scratch' is folded from 'init'.
+SEED_STREAMS = ("init", "run", "reinit", "random_pruning", "score")
+
+
+def seed_keys(seed: int) -> dict[str, jax.Array]:
+  """The named keys of one seed: ``init`` (θ₀), ``run`` (data and noise of every step),
+  ``reinit``, ``random_pruning`` and ``score`` (baselines), ``scratch`` (a second init)."""
+  keys = dict(zip(SEED_STREAMS, jax.random.split(jax.random.key(seed), len(SEED_STREAMS))))
+  keys["scratch"] = jax.random.fold_in(keys["init"], 1)
+  return keys
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes ``value`` as JSON atomically (a temp file renamed over ``path``)."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2, sort_keys=False)
+  os.replace(path + ".tmp", path)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------- config and set-up
+class WorkdirConflictError(ValueError):
+  """The workdir holds a run of a different config."""
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _diff_keys(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in set(a) | set(b):
+      yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+  elif a != b:
+    yield prefix.rstrip(".")
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *,
+                    extendable: Sequence[str] = ()) -> None:
+  """Creates ``workdir`` and saves ``config.json``; refuses a workdir of a different config.
+
+  Args:
+    extendable: fields (e.g. ``'lottery.levels'``) that may differ from the saved config: the
+      run extends the finished work, and ``config.json`` becomes the new config.
+
+  Raises:
+    WorkdirConflictError: naming the fields that differ.
+  """
+  path = os.path.join(workdir, "config.json")
+  current = config_to_dict(config)
+  if os.path.exists(path):
+    diff = sorted(_diff_keys(read_json(path), current))
+    conflicts = [d for d in diff if d not in extendable]
+    if conflicts:
+      raise WorkdirConflictError(
+          f"workdir {workdir!r} holds a run of a different config (differs in: "
+          f"{', '.join(conflicts[:8])}); use a new --workdir or delete the old one")
+    if not diff:
+      return
+    logging.info("extending the run in %s: %s changed", workdir, ", ".join(diff))
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    write_json(path, current)
+
+
+def family_from_config(config: ml_collections.ConfigDict, *, widths: dict | None = None,
+                       bn_l1: float | dict = 0.0) -> steps_lib.Family:
+  """The config's model family (reads ``family``, ``data``, ``model``, ``train``, ``loss``)."""
+  return steps_lib.make_family(
+      config.family, channels=data_lib.num_channels(config.data.name),
+      image_size=config.data.image_size, width=config.model.width, z_dim=config.model.z_dim,
+      optimizer=dict(config.train.optimizer), batch_size=config.train.batch_size,
+      loss_kind=config.loss.kind, beta=config.loss.beta, widths=widths, bn_l1=bn_l1)
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Split, data_lib.Split]:
+  """(train split on device, test split on host) for the config's data set."""
+  kwargs = dict(image_size=config.data.image_size, data_dir=config.data.data_dir or None,
+                source=config.data.source, download=config.data.download,
+                limit=config.data.limit or None)
+  train = data_lib.device_put(data_lib.load(config.data.name, "train", **kwargs))
+  return train, data_lib.load(config.data.name, "test", **kwargs)
+
+
+def dense_masks(config: ml_collections.ConfigDict, family: steps_lib.Family,
+                params: PyTree) -> PyTree:
+  """All-kept masks over the parts and layers the config's ``prune`` section selects."""
+  return steps_lib.dense_masks(family, params, dict(config.prune.parts),
+                               tuple(config.prune.exclude))
+
+
+# ---------------------------------------------------------------------------------- stages
+class Ticket(NamedTuple):
+  """One training run of a group: where it writes, where it starts, what labels it."""
+  name: str                       # directory below the stage's, e.g. 'ticket_seed0'
+  state: steps_lib.TrainState     # starting state (all tickets of a group at one step)
+  masks: PyTree
+  run_key: jax.Array              # step s trains on fold_in(run_key, s)
+  tags: dict                      # columns of its result row and labels of its scalars
+
+
+class Timing(NamedTuple):
+  """Wall-clock and process CPU seconds of a group (compilation included), and its size."""
+  seconds: float
+  cpu_seconds: float
+  tickets: int
+
+
+def _group_id(names: Sequence[str]) -> str:
+  """A directory name for one group's checkpoints (a stage may train several groups)."""
+  return hashlib.sha1(",".join(names).encode()).hexdigest()[:12]
+
+
+class Context:
+  """What the stages of one run share (host-side bookkeeping only).
+
+  Args:
+    config: the run's config (``tickets.data_parallel`` sets the mesh; without a ``tickets``
+      section, one local device).
+    workdir: where the metric writer writes (``metrics.jsonl``, TensorBoard).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.family = family_from_config(config)
+    self.train_split, self.test_split = load_data(config)
+    self.is_main = jax.process_index() == 0
+    self.multiprocess = jax.process_count() > 1
+    if "tickets" in config:
+      self.mesh = parallel.make_mesh(data_parallel=config.tickets.data_parallel)
+      self.execution = config.tickets.execution
+    else:
+      self.mesh = parallel.make_mesh(devices=jax.local_devices()[:1])
+      self.execution = "sequential"
+    self._runners: dict = {}
+    self.writer = report.MetricWriter(workdir, enabled=self.is_main)
+    # Process 0 trains (and caches) the feature classifier first; the others then load it.
+    if self.is_main:
+      self.evaluator = evaluation.Evaluator.from_config(config, self.train_split,
+                                                        self.test_split)
+    parallel.barrier("runs-evaluator")
+    if not self.is_main:
+      self.evaluator = evaluation.Evaluator.from_config(config, self.train_split,
+                                                        self.test_split)
+    self.metric = evaluation.primary_metric_key(config.family, self.evaluator.extractor.name)
+    self.state_shape = jax.eval_shape(self.family.init, jax.random.key(0))
+
+  def runner(self, family: steps_lib.Family | None = None, key: str = ""
+             ) -> parallel.TicketRunner:
+    """One runner (and its compiled programs) per architecture ``key``."""
+    if key not in self._runners:
+      self._runners[key] = parallel.TicketRunner(
+          family or self.family, mesh=self.mesh, execution=self.execution,
+          steps_per_call=self.config.train.steps_per_call)
+    return self._runners[key]
+
+  def dense_masks(self, params: PyTree, family: steps_lib.Family | None = None) -> PyTree:
+    return dense_masks(self.config, family or self.family, params)
+
+  # ------------------------------------------------------------------------------ states
+  def _like(self, tree: PyTree) -> PyTree:
+    """``tree`` as a restore target: itself, or NumPy arrays in a multi-process run (Orbax
+    refuses process-local device arrays there)."""
+    if not self.multiprocess:
+      return tree
+    return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
+
+  def load_state(self, path: str, like: PyTree | None = None) -> steps_lib.TrainState:
+    return checkpointing.load_tree(path, like=self._like(like or self.state_shape))
+
+  def save_state(self, path: str, state: PyTree, *, overwrite: bool = False) -> None:
+    """Saves one state (collective in a multi-process run: every process calls it with the
+    same state; process 0 writes)."""
+    checkpointing.save_tree(path, jax.device_get(state) if self.multiprocess else state,
+                            overwrite=overwrite)
+
+  # ------------------------------------------------------------------------------- train
+  def train(self, tickets: Sequence[Ticket], *, until_step: int, checkpoint_dir: str,
+            family: steps_lib.Family | None = None, key: str = "", label: str = ""
+            ) -> list[steps_lib.TrainState]:
+    """Trains the group to ``until_step``, checkpointing; resumes from ``checkpoint_dir``.
+
+    Args:
+      family, key: the group's architecture (default: the config's) and its runner's key.
+      label: prefix of the progress lines, e.g. ``'level 3: '``.
+    """
+    states = [t.state for t in tickets]
+    cfg = self.config.train
+    with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
+      if manager.latest_step() is not None:
+        states = manager.restore(like=self._like({"tickets": states}))[0]["tickets"]
+        logging.info("%sresuming %d tickets at step %d", label, len(states),
+                     int(states[0].step))
+
+      def save(step, current):
+        if step not in manager.all_steps():
+          manager.save(step, {"tickets": current}, force=True)
+
+      first = int(states[0].step)
+      progress = report.ProgressLogger(max(until_step - first, 0), prefix=label)
+      last_log = [first]
+
+      def on_chunk(step, metrics):
+        progress.update(step - first - progress.step)
+        if self.is_main and cfg.log_every and (step - last_log[0] >= cfg.log_every
+                                               or step == until_step):
+          for ticket, values in zip(tickets, metrics):
+            self.writer.write_scalars(step, values, **ticket.tags)
+          last_log[0] = step
+
+      return self.runner(family, key).train(
+          states, [t.masks for t in tickets], self.train_split.images,
+          [t.run_key for t in tickets], until_step=until_step, on_boundary=save,
+          boundary_every=cfg.checkpoint_every, on_chunk=on_chunk)
+
+  # ------------------------------------------------------------------------------ finish
+  def finish(self, stage_dir: str, tickets: Sequence[Ticket], states: Sequence, *,
+             columns: Callable[[Ticket, Any], dict], family: steps_lib.Family | None = None,
+             keep: Callable[[Ticket], str | None] = lambda t: None,
+             scalar_step: Callable[[Ticket, Any], int] = lambda t, s: int(s.step),
+             save_masks: bool = True) -> list[dict]:
+    """Saves and evaluates a trained group; returns every ticket's row, on every process.
+
+    Row: ``{**ticket.tags, **columns(ticket, state), **metrics}``, written to
+    ``stage_dir/<name>/metrics.json`` by the process that trained the ticket (which evaluates
+    it), with its ``masks.npz`` when ``save_masks``. ``keep(ticket)`` names a file under the
+    ticket's directory to save its trained state to (collective), or None. Ends with a barrier.
+    """
+    family = family or self.family
+    owners = parallel.owners(self.mesh, len(tickets))
+    me = jax.process_index()
+    rows = []
+    for ticket, state, owner in zip(tickets, states, owners):
+      directory = os.path.join(stage_dir, ticket.name)
+      os.makedirs(directory, exist_ok=True)
+      kept = keep(ticket)
+      if kept and not os.path.exists(os.path.join(directory, kept)):
+        self.save_state(os.path.join(directory, kept), state)
+      if owner != me:
+        rows.append(None)
+        continue
+      metrics = self.evaluator(family, state)
+      row = {**ticket.tags, **columns(ticket, state), **metrics}
+      if save_masks:
+        masks_lib.save(os.path.join(directory, "masks.npz"), ticket.masks, overwrite=True)
+      write_json(os.path.join(directory, "metrics.json"), row)
+      self.writer.write_scalars(scalar_step(ticket, state), metrics, **ticket.tags)
+      rows.append(row)
+    parallel.barrier(f"runs-finished-{stage_dir}")
+    return [row if row is not None else
+            read_json(os.path.join(stage_dir, ticket.name, "metrics.json"))
+            for ticket, row in zip(tickets, rows)]
+
+  # ------------------------------------------------------------------------------- stage
+  def pending(self, stage_dir: str, names: Sequence[str]) -> list[str]:
+    """The names of ``names`` whose ``stage_dir/<name>/metrics.json`` does not exist yet."""
+    return [n for n in names if not os.path.exists(os.path.join(stage_dir, n, "metrics.json"))]
+
+  def run_stage(self, stage_dir: str, names: Sequence[str],
+                make_tickets: Callable[[list[str]], list[Ticket]], *, until_step: int,
+                columns: Callable[[Ticket, Any, Timing], dict],
+                family: steps_lib.Family | None = None, key: str = "",
+                done_file: str | None = None, grid: str | None = None, label: str = "",
+                **finish_kwargs) -> list[dict]:
+    """Builds, trains, evaluates and writes the tickets of ``names`` not finished yet.
+
+    Args:
+      stage_dir: the stage's directory (tickets in ``<name>/``, checkpoints in
+        ``checkpoints/<group>/``).
+      names: every ticket of the stage; the finished ones are read back, not built.
+      make_tickets: builds the pending tickets (same architecture, same starting step).
+      until_step: the step the group trains to.
+      columns: ``(ticket, state, timing) -> extra row columns``; ``timing`` covers building
+        and training the group.
+      done_file: written (process 0) with every row once the stage is complete.
+      grid: a PNG path for the first trained ticket's samples (process 0).
+      finish_kwargs: passed to :meth:`finish`.
+
+    Returns:
+      The rows of every ticket of ``names``, in order.
+    """
+    todo = self.pending(stage_dir, names)
+    if todo:
+      start = time.perf_counter(), time.process_time()
+      tickets = make_tickets(todo)
+      checkpoints = os.path.join(stage_dir, "checkpoints", _group_id(todo))
+      states = self.train(tickets, until_step=until_step, checkpoint_dir=checkpoints,
+                          family=family, key=key, label=label)
+      jax.block_until_ready(states)
+      timing = Timing(time.perf_counter() - start[0], time.process_time() - start[1],
+                      len(tickets))
+      self.finish(stage_dir, tickets, states, family=family,
+                  columns=lambda t, s: columns(t, s, timing), **finish_kwargs)
+      if grid and self.is_main:
+        self.evaluator.save_grid(family or self.family, states[0], grid)
+    rows = [read_json(os.path.join(stage_dir, n, "metrics.json")) for n in names]
+    if done_file and self.is_main:
+      write_json(done_file, rows)
+    return rows
