@@ -23,7 +23,7 @@ from lth_jax import data as data_lib
 from lth_jax import masks as masks_lib
 from lth_jax import objectives
 from lth_jax import optim
-from lth_jax.models import autoencoder, dcgan, vae
+from lth_jax.models import autoencoder, dcgan, layout, vae
 
 PyTree = Any
 FAMILIES = ("ae", "vae", "dcgan")
@@ -56,6 +56,9 @@ class Family(NamedTuple):
   generate: Callable[..., jax.Array] | None            # (params, batch_stats, key, n) -> images
   reconstruct: Callable[..., jax.Array] | None         # (params, batch_stats, batch) -> images
   batch_size: int
+  # params -> the prunable channel groups of every part, in ``parts`` order (the model's layout,
+  # e.g. lth_jax.models.dcgan.channel_groups); None: no BatchNorm channels to score.
+  channel_groups: Callable[[PyTree], list[layout.ChannelGroup]] | None = None
 
 
 def _adam(cfg: dict) -> optax.GradientTransformation:
@@ -213,7 +216,8 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
     return g_apply(params["generator"], batch_stats["generator"], z, False)[0]
 
   return Family("dcgan", PARTS["dcgan"], {"generator": gen, "discriminator": disc}, optimizers,
-                jax.jit(init), train_step, score_loss, synflow_output, generate, None, batch_size)
+                jax.jit(init), train_step, score_loss, synflow_output, generate, None, batch_size,
+                dcgan.channel_groups)
 
 
 # ------------------------------------------------------------------------------ VAE and AE
@@ -285,7 +289,8 @@ def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, op
 
   return Family(name, PARTS[name], {"model": model}, optimizers, jax.jit(init), train_step,
                 score_loss,
-                synflow_output, generate, reconstruct, batch_size)
+                synflow_output, generate, reconstruct, batch_size,
+                vae.channel_groups if name == "vae" else autoencoder.channel_groups)
 
 
 def make_family(name: str, *, channels: int, image_size: int, width: int, z_dim: int,

@@ -1,4 +1,5 @@
-"""Tests for lth_jax.early_bird: drawing rule, channel pruning, small = masked big, binary smoke."""
+"""Tests for lth_jax.early_bird and its pieces (early_bird_detection, channels): drawing rule,
+channel pruning, small = masked big, binary smoke."""
 import json
 import os
 import subprocess
@@ -10,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import configs, early_bird, masks, report, steps, training
+from lth_jax import channels, configs, early_bird, masks, report, steps, training
+from lth_jax import early_bird_detection as detection
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +31,7 @@ def first_k(k, n=20):
 
 # ------------------------------------------------------------------------------- detection
 def test_detector_draws_when_window_is_within_epsilon():
-  det = early_bird.Detector(window=3, epsilon=0.1)
+  det = detection.Detector(window=3, epsilon=0.1)
   # Kept counts out of 20: each step changes 2 entries (distance 0.1) until 16, then stays.
   kept = [8, 10, 12, 14, 16, 16, 16]
   drawn = [det.update(10 * (i + 1), first_k(k)) for i, k in enumerate(kept)]
@@ -43,7 +45,7 @@ def test_detector_draws_when_window_is_within_epsilon():
 
 
 def test_detector_compares_with_the_newest_mask_only():
-  det = early_bird.Detector(window=3, epsilon=0.1)
+  det = detection.Detector(window=3, epsilon=0.1)
   # 0.1 between neighbours but 0.15 from the oldest to the newest: not drawn.
   for step, k in ((1, 10), (2, 12), (3, 13)):
     assert not det.update(step, first_k(k))
@@ -54,7 +56,7 @@ def test_detector_compares_with_the_newest_mask_only():
 @pytest.mark.parametrize("kwargs", [dict(window=1), dict(epsilon=-0.1), dict(epsilon=1.5)])
 def test_detector_rejects_bad_settings(kwargs):
   with pytest.raises(ValueError, match="early_bird"):
-    early_bird.Detector(**kwargs)
+    detection.Detector(**kwargs)
 
 
 def _counting_family():
@@ -85,18 +87,18 @@ def _count_state(start=0.0):
 def test_search_runs_chunks_until_drawn(interval, window, expected):
   # Mask after w steps: the first min(2w, 20) of 20 entries, so 0.1 changes per step until 10.
   mask_fn = lambda s: {"m": jnp.arange(20) < jnp.minimum(2 * s.params["w"], 20)}
-  [result] = early_bird.search(_count_group([]), [_count_state()], mask_fn=mask_fn,
-                               detectors=[early_bird.Detector(window=window, epsilon=0.1)],
-                               interval=interval, max_steps=100)
+  [result] = detection.search(_count_group([]), [_count_state()], mask_fn=mask_fn,
+                              detectors=[detection.Detector(window=window, epsilon=0.1)],
+                              interval=interval, max_steps=100)
   assert result.drawn and result.step == expected == int(result.state.step)
   assert [h["step"] for h in result.history] == list(range(interval, expected + 1, interval))
 
 
 def test_search_without_draw_returns_newest_mask_at_max_steps():
   mask_fn = lambda s: {"m": jnp.arange(20) < 2 * s.params["w"]}
-  [result] = early_bird.search(_count_group([]), [_count_state()], mask_fn=mask_fn,
-                               detectors=[early_bird.Detector(window=3, epsilon=0.0)],
-                               interval=3, max_steps=7)
+  [result] = detection.search(_count_group([]), [_count_state()], mask_fn=mask_fn,
+                              detectors=[detection.Detector(window=3, epsilon=0.0)],
+                              interval=3, max_steps=7)
   assert not result.drawn and result.step == 7
   assert int(np.sum(result.mask["m"])) == 14
 
@@ -105,10 +107,10 @@ def test_search_of_several_tickets_drops_each_at_its_draw():
   # Ticket 1 starts 6 "steps" ahead (w = 6): its masks stop changing 6 steps earlier.
   mask_fn = lambda s: {"m": jnp.arange(20) < jnp.minimum(2 * s.params["w"], 20)}
   calls = []
-  results = early_bird.search(_count_group(calls), [_count_state(0.0), _count_state(6.0)],
-                              mask_fn=mask_fn,
-                              detectors=[early_bird.Detector(window=3, epsilon=0.1)
-                                         for _ in range(2)], interval=1, max_steps=100)
+  results = detection.search(_count_group(calls), [_count_state(0.0), _count_state(6.0)],
+                             mask_fn=mask_fn,
+                             detectors=[detection.Detector(window=3, epsilon=0.1)
+                                        for _ in range(2)], interval=1, max_steps=100)
   assert [r.step for r in results] == [11, 5] and all(r.drawn for r in results)
   assert [int(r.state.step) for r in results] == [11, 5]
   assert calls[:5] == [([0, 1], k) for k in range(1, 6)] and calls[5] == ([0], 6)
@@ -131,7 +133,7 @@ def test_magnitude_masks_hit_the_sparsity():
   rng = np.random.RandomState(0)
   params = {"a": {"kernel": jnp.asarray(rng.normal(size=(10, 10)))},
             "b": {"kernel": jnp.asarray(rng.normal(size=(5, 4))), "bias": jnp.ones(4)}}
-  m = early_bird.magnitude_masks(params, masks.init(params), 0.7)
+  m = detection.magnitude_masks(params, masks.init(params), 0.7)
   assert m["b"]["bias"] is None
   assert float(masks.sparsity(m)) == pytest.approx(0.7)
   kept, pruned = [], []
@@ -175,8 +177,8 @@ def test_channel_masks_use_one_global_threshold_and_keep_a_channel_per_layer():
     for k in path.split("/"):
       params_node = params_node[k]
     params_node["scale"] = jnp.asarray(values, jnp.float32)
-  groups = early_bird.channel_groups(params, fam.parts)
-  cm = early_bird.channel_masks(params, stats, groups, 0.5)
+  groups = channels.family_groups(fam, params, fam.parts)
+  cm = channels.channel_masks(params, stats, groups, 0.5)
   bn_groups = [g for g in groups if g.bn]
   n_bn = sum(g.size for g in bn_groups)
   all_scores = np.concatenate([np.abs(scales[g.bn]) for g in bn_groups])
@@ -189,15 +191,15 @@ def test_channel_masks_use_one_global_threshold_and_keep_a_channel_per_layer():
   # D's conv0 (no BN) keeps the kept fraction of bn1, at least one channel.
   d_bn1 = np.asarray(cm["discriminator/body/conv1"])
   assert int(np.sum(cm["discriminator/body/conv0"])) == max(1, round(d_bn1.mean() * 8))
-  widths = early_bird.channel_widths(cm, groups)
+  widths = channels.channel_widths(cm, groups)
   assert widths["generator"][1] == 1 and len(widths["discriminator"]) == 2
 
 
 def test_channel_masks_per_part_prune_each_part_to_its_own_fraction():
   fam = family("dcgan")
   params, stats = random_variables(fam)
-  groups = early_bird.channel_groups(params, fam.parts)
-  cm = early_bird.channel_masks(params, stats, groups, {"generator": 0.25, "discriminator": 0.75})
+  groups = channels.family_groups(fam, params, fam.parts)
+  cm = channels.channel_masks(params, stats, groups, {"generator": 0.25, "discriminator": 0.75})
   for part, fraction in (("generator", 0.25), ("discriminator", 0.75)):
     bn = [g for g in groups if g.bn and g.name.startswith(part)]
     pruned = sum(int(np.sum(~np.asarray(cm[g.name]))) for g in bn)
@@ -208,7 +210,18 @@ def test_channel_masks_per_part_prune_each_part_to_its_own_fraction():
                             .max()) for g in bn if not np.all(cm[g.name])), default=-1.0)
     assert kept_min >= pruned_max, part      # one threshold within each part
   with pytest.raises(ValueError, match="no sparsity for the pruned part"):
-    early_bird.channel_masks(params, stats, groups, {"generator": 0.5})
+    channels.channel_masks(params, stats, groups, {"generator": 0.5})
+
+
+def test_family_groups_refuse_a_family_without_channel_layout():
+  fam = family("dcgan")
+  params = jax.eval_shape(fam.init, jax.random.key(0)).params
+  assert channels.family_groups(fam, params, ("discriminator",)) == (
+      fam.channel_groups(params)[2:])
+  with pytest.raises(ValueError, match="'dcgan' has no channel layout.*use unstructured"):
+    channels.family_groups(fam._replace(channel_groups=None), params, fam.parts)
+  with pytest.raises(ValueError, match=r"\['encoder'\] are not parts of dcgan"):
+    channels.family_groups(fam, params, ("encoder",))
 
 
 def params_at(params, path):
@@ -221,7 +234,7 @@ def test_magnitude_masks_per_part_leave_other_parts_alone():
   rng = np.random.RandomState(0)
   params = {"g": {"kernel": jnp.asarray(rng.normal(size=(10, 10)))},
             "d": {"kernel": jnp.asarray(rng.normal(size=(10, 10)))}}
-  m = early_bird.magnitude_masks(params, masks.init(params), {"g": 0.3})
+  m = detection.magnitude_masks(params, masks.init(params), {"g": 0.3})
   assert float(masks.sparsity(m["g"])) == pytest.approx(0.3)
   assert bool(np.all(m["d"]["kernel"]))
 
@@ -249,13 +262,13 @@ def test_part_sparsity_names_the_bad_entry(text, message):
 def test_small_model_equals_masked_big_model_in_eval_mode(name):
   fam = family(name)
   params, stats = random_variables(fam)
-  groups = early_bird.channel_groups(params, fam.parts)
-  cm = early_bird.channel_masks(params, stats, groups, 0.6)
-  assert 0.5 < early_bird.channel_sparsity(cm) < 0.7
+  groups = channels.family_groups(fam, params, fam.parts)
+  cm = channels.channel_masks(params, stats, groups, 0.6)
+  assert 0.5 < channels.channel_sparsity(cm) < 0.7
   assert any(g.bn is None for g in groups)      # the discriminator/encoder's first conv
-  big = early_bird.mask_channels(params, cm, groups)
-  small_params, small_stats = early_bird.slice_channels(params, stats, cm, groups)
-  small = family(name, widths=early_bird.channel_widths(cm, groups))
+  big = channels.mask_channels(params, cm, groups)
+  small_params, small_stats = channels.slice_channels(params, stats, cm, groups)
+  small = family(name, widths=channels.channel_widths(cm, groups))
   chex.assert_trees_all_equal_shapes(
       jax.eval_shape(small.init, jax.random.key(0)).params, small_params)
   x = jnp.asarray(np.random.RandomState(2).uniform(-1, 1, (4, 16, 16, 1)), jnp.float32)
@@ -308,27 +321,27 @@ def test_small_model_trains_like_the_masked_big_model(name):
   images = jnp.asarray(np.random.RandomState(0).randint(0, 256, (16, 16, 16, 1)), jnp.uint8)
   dense = steps.dense_masks(fam, params, {p: True for p in fam.parts})
   state, _ = jax.jit(steps.multi_step(fam, 3))(state, dense, images, jax.random.key(1))
-  groups = early_bird.channel_groups(state.params, fam.parts)
-  cm = early_bird.channel_masks(state.params, state.batch_stats, groups, 0.5)
+  groups = channels.family_groups(fam, state.params, fam.parts)
+  cm = channels.channel_masks(state.params, state.batch_stats, groups, 0.5)
   emasks = steps.dense_masks(fam, params, {p: True for p in fam.parts})
   emasks = jax.tree.map(lambda d, e: None if d is None else e, emasks,
                         element_masks(state.params, cm, groups), is_leaf=lambda x: x is None)
   big = steps.TrainState(state.step, masks.apply(state.params, emasks), state.batch_stats,
                          steps.mask_opt_state(fam, state.opt_state, emasks))
-  small_params, small_stats = early_bird.slice_channels(state.params, state.batch_stats, cm,
-                                                        groups)
-  small_fam = family(name, widths=early_bird.channel_widths(cm, groups))
-  sliced_opt = early_bird.slice_opt_state(fam, state.opt_state, state.params, cm, groups)
+  small_params, small_stats = channels.slice_channels(state.params, state.batch_stats, cm,
+                                                      groups)
+  small_fam = family(name, widths=channels.channel_widths(cm, groups))
+  sliced_opt = channels.slice_opt_state(fam, state.opt_state, state.params, cm, groups)
   small = steps.TrainState(state.step, small_params, small_stats, sliced_opt)
   small_dense = steps.dense_masks(small_fam, small_params, {p: True for p in fam.parts})
   key = jax.random.key(2)
   big, _ = jax.jit(steps.multi_step(fam, 2))(big, emasks, images, key)
   small_new, _ = jax.jit(steps.multi_step(small_fam, 2))(small, small_dense, images, key)
-  expected = early_bird.slice_channels(big.params, big.batch_stats, cm, groups)
+  expected = channels.slice_channels(big.params, big.batch_stats, cm, groups)
   chex.assert_trees_all_close((small_new.params, small_new.batch_stats), expected,
                               rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(
-      small_new.opt_state, early_bird.slice_opt_state(fam, big.opt_state, big.params, cm, groups),
+      small_new.opt_state, channels.slice_opt_state(fam, big.opt_state, big.params, cm, groups),
       rtol=1e-4, atol=1e-6)
   fresh = steps.TrainState(state.step, small_params, small_stats,
                            steps.fresh_opt_state(small_fam, small_params))

@@ -1,5 +1,6 @@
 """Tests for lth_jax.models: DCGAN, VAE and AutoEncoder shapes, param trees, BatchNorm modes."""
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,6 +111,52 @@ def test_widths_override_builds_smaller_layers():
   with pytest.raises(ValueError, match="widths"):
     init_shapes(dcgan.Generator(width=W, image_size=32, z_dim=10, widths=(4, 2)),
                 jnp.zeros((1, 10)), train=False)
+
+
+def test_gan_halves_list_their_channel_groups():
+  """Producer, BatchNorm, consumer, width and BatchNorm epsilon of every hidden layer."""
+  eps = dcgan.BN_EPSILON
+  gen = dcgan.Generator(width=W, channels=1, image_size=32, z_dim=10, widths=(20, 9, 5))
+  gp = init_shapes(gen, jnp.zeros((1, 10)), train=False)["params"]
+  assert dcgan.generator_channel_groups(gp, "g") == [
+      ("g/convt0", "g/bn0", "g/convt1", 20, eps), ("g/convt1", "g/bn1", "g/convt2", 9, eps),
+      ("g/convt2", "g/bn2", "g/convt3", 5, eps)]
+  disc = dcgan.Discriminator(width=W, channels=1, image_size=32, widths=(3, 7, 11))
+  dp = init_shapes(disc, images(32, 1), train=False)["params"]
+  assert dcgan.discriminator_channel_groups(dp, "d") == [
+      ("d/body/conv0", None, "d/body/conv1", 3, None),     # no BatchNorm after the first conv
+      ("d/body/conv1", "d/body/bn1", "d/body/conv2", 7, eps),
+      ("d/body/conv2", "d/body/bn2", "d/head", 11, eps)]
+  assert [g.name for g in dcgan.channel_groups({"generator": gp, "discriminator": dp})] == [
+      "generator/convt0", "generator/convt1", "generator/convt2", "discriminator/body/conv0",
+      "discriminator/body/conv1", "discriminator/body/conv2"]
+
+
+@pytest.mark.parametrize("module, cls", [(vae, vae.VAE), (autoencoder, autoencoder.AutoEncoder)])
+def test_vae_and_ae_list_encoder_then_decoder_groups(module, cls):
+  """The encoder has the discriminator's layout (its head reads the last body conv), the
+  decoder the generator's; every BatchNorm of the model uses the layout's epsilon."""
+  model = cls(width=W, channels=1, image_size=32, z_dim=4)
+  epsilons = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+      epsilons.append(context.module.epsilon)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    params = init_shapes(model, images(32, 1), KEY, train=False)["params"]
+  groups = module.channel_groups(params)
+  assert [(g.name, g.consumer, g.size) for g in groups] == [
+      ("encoder/body/conv0", "encoder/body/conv1", W),
+      ("encoder/body/conv1", "encoder/body/conv2", 2 * W),
+      ("encoder/body/conv2", "encoder/head", 4 * W),
+      ("decoder/convt0", "decoder/convt1", 4 * W), ("decoder/convt1", "decoder/convt2", 2 * W),
+      ("decoder/convt2", "decoder/convt3", W)]
+  assert [g.bn for g in groups] == [None, "encoder/body/bn1", "encoder/body/bn2", "decoder/bn0",
+                                    "decoder/bn1", "decoder/bn2"]
+  assert len(epsilons) == 5 and set(epsilons) == {dcgan.BN_EPSILON}
+  assert {g.bn_epsilon for g in groups if g.bn} == {dcgan.BN_EPSILON}
 
 
 def test_batchnorm_train_and_eval_paths():

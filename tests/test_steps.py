@@ -1,4 +1,7 @@
 """Tests for lth_jax.steps: fused steps equal single steps, masks hold, no recompilation."""
+import functools
+import operator
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -88,3 +91,24 @@ def test_scoring_functions_are_finite(name):
   assert np.isfinite(float(fam.score_loss(state.params, state.batch_stats, batch,
                                           jax.random.key(2))))
   assert float(fam.synflow_output(jax.tree.map(jnp.abs, state.params), state.batch_stats)) > 0
+
+
+@pytest.mark.parametrize("name", steps.FAMILIES)
+def test_family_channel_layout_matches_its_params(name):
+  """Every group the family lists has ``size`` channels on its producer's kernel outputs, its
+  consumer's kernel inputs and its BatchNorm; groups come in ``parts`` order, and every
+  BatchNorm of the family belongs to one."""
+  fam = family(name)
+  shapes = jax.eval_shape(fam.init, jax.random.key(0))
+  groups = fam.channel_groups(shapes.params)
+  at = lambda tree, path: functools.reduce(operator.getitem, path.split("/"), tree)
+  parts = [g.name.split("/", 1)[0] for g in groups]
+  assert parts == sorted(parts, key=fam.parts.index) and set(parts) == set(fam.parts)
+  for g in groups:
+    assert at(shapes.params, g.name)["kernel"].shape[-1] == g.size
+    assert at(shapes.params, g.consumer)["kernel"].shape[-2] == g.size
+    if g.bn is not None:
+      assert at(shapes.params, g.bn)["scale"].shape == at(shapes.batch_stats, g.bn)["var"].shape
+      assert at(shapes.params, g.bn)["scale"].shape == (g.size,)
+  scales = [p for p, _ in masks.leaves_with_paths(shapes.params) if p.endswith("/scale")]
+  assert sorted(g.bn + "/scale" for g in groups if g.bn is not None) == sorted(scales)

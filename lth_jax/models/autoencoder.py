@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax.models import dcgan
+from lth_jax.models import layout
 
 
 class AutoEncoder(nn.Module):
@@ -75,3 +76,10 @@ class AutoEncoder(nn.Module):
     """The decoder's output without the final tanh, flattened per image: ``[B, H*W*C]``."""
     out = self.decode(self.encode(x, train=train), train=train, activate=False)
     return out.reshape(out.shape[0], -1)
+
+
+def channel_groups(params: dict) -> list[layout.ChannelGroup]:
+  """The AE's channel groups (``params`` is ``{'encoder', 'decoder'}``): the encoder's
+  (discriminator layout), then the decoder's (generator layout)."""
+  return (dcgan.discriminator_channel_groups(params["encoder"], "encoder")
+          + dcgan.generator_channel_groups(params["decoder"], "decoder"))

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax.models import dcgan
+from lth_jax.models import layout
 
 
 class VAE(nn.Module):
@@ -98,3 +99,10 @@ class VAE(nn.Module):
     mean, logvar = self.encode(x, train=train)
     out = self.decode(mean, train=train, activate=False)
     return jnp.concatenate([out.reshape(out.shape[0], -1), logvar], axis=-1)
+
+
+def channel_groups(params: dict) -> list[layout.ChannelGroup]:
+  """The VAE's channel groups (``params`` is ``{'encoder', 'decoder'}``): the encoder's
+  (discriminator layout), then the decoder's (generator layout)."""
+  return (dcgan.discriminator_channel_groups(params["encoder"], "encoder")
+          + dcgan.generator_channel_groups(params["decoder"], "decoder"))
