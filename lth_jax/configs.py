@@ -19,7 +19,6 @@ import ml_collections
 
 PRESETS = ("default", "smoke", "paper")
 FEATURE_SPACES = ("classifier", "inception")
-BRANCHES = ("ticket", "random_reinit", "random_pruning", "snip", "grasp", "synflow")
 EARLY_BIRD_KINDS = ("structured", "unstructured")
 # transfer.direction -> (source family, target family); the config is the source family's.
 TRANSFER_DIRECTIONS = {"vae_to_gan": ("vae", "dcgan"), "gan_to_vae": ("dcgan", "vae")}

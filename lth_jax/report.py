@@ -39,9 +39,7 @@ from PIL import Image
 Row = Mapping[str, Any]
 
 JSONL_NAME = "metrics.jsonl"
-BRANCHES = ("ticket", "random_reinit", "random_pruning", "snip", "grasp", "synflow")
-_BRANCH_COLORS = dict(zip(BRANCHES, ("C0", "C1", "C2", "C3", "C4", "C5")))
-_OTHER_COLORS = ("C6", "C7", "C8", "C9")
+_COLORS = tuple(f"C{i}" for i in range(10))   # matplotlib's cycle; the dense line is black
 _INT_RE = re.compile(r"[-+]?\d+")
 _FLOAT_IMAGE_LIMIT = 2.0  # |x| above this means the floats are not in [-1, 1] (e.g. 0..255)
 
@@ -390,7 +388,8 @@ def plot_metric_vs_sparsity(rows: Sequence[Row], metric: str, path: str | os.Pat
     rows: result rows (one per branch, level and seed).
     metric: the metric column (y axis).
     path: PNG path (parent directories are created); about 40 KB.
-    branches_order: legend order (default :data:`BRANCHES` order, then other names sorted).
+    branches_order: legend (and colour) order; default: the order branches first appear in
+      ``rows`` (the lottery search's configured order); names not listed come after, sorted.
     title: figure title.
     dense_branch: branch name of the dense reference rows.
 
@@ -412,7 +411,7 @@ def plot_metric_vs_sparsity(rows: Sequence[Row], metric: str, path: str | os.Pat
                        "in [0, 1).")
   table = aggregate(pruned, metrics=(metric, "sparsity"), by=("branch", "level"))
   names = list(dict.fromkeys(r["branch"] for r in table))
-  order = list(branches_order) if branches_order is not None else list(BRANCHES)
+  order = list(branches_order) if branches_order is not None else names
   names = [b for b in order if b in names] + sorted(b for b in names if b not in order)
 
   fig = Figure(figsize=(6.4, 4.2), dpi=100)
@@ -424,7 +423,7 @@ def plot_metric_vs_sparsity(rows: Sequence[Row], metric: str, path: str | os.Pat
     x = np.array([100.0 * (1.0 - r["sparsity_mean"]) for r in points])
     y = np.array([r[f"{metric}_mean"] for r in points])
     err = np.array([r[f"{metric}_std"] for r in points])
-    color = _BRANCH_COLORS.get(name, _OTHER_COLORS[i % len(_OTHER_COLORS)])
+    color = _COLORS[i % len(_COLORS)]
     several = any(r["n"] > 1 for r in points)
     ax.errorbar(x, y, yerr=err if several else None, color=color, marker="o", markersize=3.5,
                 linewidth=1.3, capsize=2.5 if several else 0, label=name)

@@ -64,8 +64,6 @@ from lth_jax import validation
 from lth_jax.models import dcgan
 
 PyTree = Any
-DIRECTIONS = {"vae_to_gan": ("vae", "dcgan"), "gan_to_vae": ("dcgan", "vae")}
-INIT_FROM = ("target", "source")
 BRANCH = "transferred"
 
 
@@ -222,7 +220,8 @@ def initial_state(family: steps_lib.Family, target_theta_k: steps_lib.TrainState
   if init_from == "target":
     return branches.rewind(family, target_theta_k, masks, restore_optimizer=restore_optimizer)
   if init_from != "source":
-    raise ValueError(f"unknown transfer.init_from {init_from!r}; expected one of {INIT_FROM}")
+    raise ValueError(f"unknown transfer.init_from {init_from!r}; expected one of "
+                     f"{configs.TRANSFER_INIT_FROM}")
   if source_theta_k is None or name_map is None:
     raise ValueError("init_from='source' needs source_theta_k and name_map")
   params = map_params(source_theta_k.params, target_theta_k.params, name_map)
@@ -249,19 +248,11 @@ def spec_from_config(config: ml_collections.ConfigDict) -> Spec:
   discriminator body <-> encoder body; otherwise only generator <-> decoder carries a ticket.
 
   Raises:
-    ValueError: naming the bad field and the valid values.
+    validation.ConfigError: a bad field of the config (:func:`validation.check`), named.
   """
+  validation.check(config, "transfer")
   t = config.transfer
-  if t.direction not in DIRECTIONS:
-    raise ValueError(f"unknown transfer.direction {t.direction!r}; expected one of "
-                     f"{tuple(DIRECTIONS)}")
-  source, target = DIRECTIONS[t.direction]
-  if config.family != source:
-    raise ValueError(f"transfer.direction={t.direction!r} needs a {source} config as the source, "
-                     f"but family={config.family!r}; use experiments/configs/"
-                     f"{source}_<dataset>.py or the other direction")
-  if t.init_from not in INIT_FROM:
-    raise ValueError(f"unknown transfer.init_from {t.init_from!r}; expected one of {INIT_FROM}")
+  source, target = configs.TRANSFER_DIRECTIONS[t.direction]
   with_d = bool(t.with_discriminator)
   gan_map = dict(dcgan.GAN_TO_VAE) if with_d else {"generator": dcgan.GAN_TO_VAE["generator"]}
   name_map = gan_map if source == "dcgan" else {v: k for k, v in gan_map.items()}
@@ -407,7 +398,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   Returns:
     The target search's rows followed by the ``transferred`` rows (one per level >= 1 and seed).
   """
-  validation.check(config, "transfer")
   spec = spec_from_config(config)
   source, target = derive_configs(config)
   runs.prepare_workdir(workdir, config, extendable=lottery.EXTENDABLE)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
+from lth_jax import branches as branches_lib
 from lth_jax import configs
 from lth_jax import data as data_lib
 from lth_jax import objectives
@@ -254,9 +255,9 @@ def _lottery(config) -> None:
   rewind_step(config)
   _typed(config, "lottery.rewind_optimizer", bool)
   branches = _strings(config, "lottery.branches")
-  unknown = [b for b in branches if b not in configs.BRANCHES]
+  unknown = [b for b in branches if b not in branches_lib.names()]
   if unknown:
-    raise ConfigError(f"unknown lottery.branches {unknown}; valid: {configs.BRANCHES}")
+    raise ConfigError(f"unknown lottery.branches {unknown}; valid: {branches_lib.names()}")
   if "ticket" not in branches:
     raise ConfigError("lottery.branches must contain 'ticket' (every baseline is defined by the "
                       "ticket's sparsity)")

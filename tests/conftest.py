@@ -24,6 +24,13 @@ needs_fmnist = pytest.mark.skipif(
     not fmnist_available(), reason="real Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
 
 
+def checkpoint_saved(checkpoints: pathlib.Path) -> bool:
+  """Whether a stage's ``checkpoints/<group>/`` holds a finished in-stage checkpoint step."""
+  return checkpoints.is_dir() and any(
+      name.isdigit() for group in checkpoints.iterdir() if group.is_dir()
+      for name in os.listdir(group))
+
+
 def pytest_configure(config):
   """Faster random-number compiles for the test suite.
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lth_jax import branches, configs, lottery, masks, pruning, steps, validation
-from tests.conftest import needs_fmnist
+from tests.conftest import checkpoint_saved, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"}
@@ -32,7 +32,7 @@ def test_dcgan_search_levels_and_baselines(tmp_path):
   assert "generator/convt0/kernel" not in sizes and "discriminator/head/kernel" not in sizes
   for level in (1, 2):
     level_rows = [r for r in rows if r["level"] == level]
-    assert {r["branch"] for r in level_rows} == set(configs.BRANCHES)
+    assert {r["branch"] for r in level_rows} == set(branches.names())
     ticket = masks.load(os.path.join(workdir, f"level_{level:02d}", "ticket_seed0", "masks.npz"))
     total = sum(sizes.values())
     kept = int(masks.counts(ticket)[0])
@@ -151,8 +151,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
                           stderr=subprocess.DEVNULL, env=ENV)
   deadline = time.time() + 300
   target = killed / "level_01" / "checkpoints"  # mid-level: some in-level checkpoints exist
-  while time.time() < deadline and not (target.exists() and any(
-      os.listdir(group) for group in target.iterdir())):
+  while time.time() < deadline and not checkpoint_saved(target):
     time.sleep(0.05)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lth_jax import branches, configs, masks, report, steps, transfer
-from tests.conftest import needs_fmnist
+from tests.conftest import checkpoint_saved, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
@@ -263,8 +263,7 @@ def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
                           env=env)
   target = killed / "transferred" / "level_01" / "checkpoints"
   deadline = time.time() + 300
-  while time.time() < deadline and not (target.exists() and any(
-      name.isdigit() for name in os.listdir(target))):
+  while time.time() < deadline and not checkpoint_saved(target):
     time.sleep(0.02)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
