@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import channels, configs, early_bird, masks, report, steps, training
+from lth_jax import channels, configs, early_bird, masks, parallel, report, steps, validation
 from lth_jax import early_bird_detection as detection
 from tests.conftest import needs_fmnist
 
@@ -70,12 +70,13 @@ def _counting_family():
 
 def _count_group(calls):
   """``search``'s train_group for the counting family; records (tickets, until_step) per call."""
-  fam = _counting_family()
+  runner = parallel.TicketRunner(_counting_family(), execution="sequential", steps_per_call=2,
+                                 mesh=parallel.make_mesh(devices=jax.devices()[:1]))
 
   def train_group(indices, states, until_step):
     calls.append((list(indices), until_step))
-    return [training.train(fam, s, None, jnp.zeros((1, 1), jnp.uint8), run_key=jax.random.key(0),
-                           until_step=until_step, steps_per_call=2) for s in states]
+    return runner.train(states, [None] * len(states), jnp.zeros((1, 1), jnp.uint8),
+                        [jax.random.key(0)] * len(states), until_step=until_step)
   return train_group
 
 
@@ -125,7 +126,7 @@ def test_validate_names_the_bad_field(field, value, message):
   config = configs.get_config("vae", "fashion_mnist", "smoke")
   config.early_bird[field] = value
   with pytest.raises(ValueError, match=message):
-    early_bird.validate(config)
+    validation.check(config, "early_bird")
 
 
 # ------------------------------------------------------------------------ pruning pieces
@@ -245,7 +246,7 @@ def test_magnitude_masks_per_part_leave_other_parts_alone():
 def test_part_sparsity_parses_the_config(text, expected):
   config = configs.get_config("dcgan", "fashion_mnist", "smoke")
   config.early_bird.update(sparsity=0.7, part_sparsity=text)
-  assert early_bird.part_sparsity(config.early_bird, ["generator", "discriminator"]) == expected
+  assert validation.part_sparsity(config.early_bird, ["generator", "discriminator"]) == expected
 
 
 @pytest.mark.parametrize("text, message", [
@@ -255,7 +256,7 @@ def test_part_sparsity_names_the_bad_entry(text, message):
   config = configs.get_config("dcgan", "fashion_mnist", "smoke")
   config.early_bird.part_sparsity = text
   with pytest.raises(ValueError, match=message):
-    early_bird.validate(config)
+    validation.check(config, "early_bird")
 
 
 @pytest.mark.parametrize("name", ["dcgan", "vae"])
