@@ -102,20 +102,11 @@ def gan_d_loss(real_logits: jax.Array, fake_logits: jax.Array, *, kind: str = "b
 
 
 def gan_g_loss(fake_logits: jax.Array, *, kind: str = "bce") -> jax.Array:
-  """Generator loss.
+  """Generator loss (float32 scalar) from D's logits on generated images ``[B]``.
 
-  ``'bce'``: the non-saturating loss ``mean(softplus(-fake)) = -mean(log sigmoid(fake))``
-  (cross-entropy with target 1). ``'hinge'``: ``-mean(fake)``.
-
-  Args:
-    fake_logits: D's logits on generated images ``[B]``.
-    kind: 'bce' or 'hinge'.
-
-  Returns:
-    float32 scalar.
-
-  Raises:
-    ValueError: unknown ``kind``.
+  ``kind='bce'``: the non-saturating loss ``mean(softplus(-fake)) = -mean(log sigmoid(fake))``
+  (cross-entropy with target 1); ``kind='hinge'``: ``-mean(fake)``. Another kind raises
+  ``ValueError``.
   """
   _check_kind(kind)
   fake = fake_logits.astype(jnp.float32)
