@@ -57,18 +57,26 @@ def test_dcgan_search_levels_and_baselines(tmp_path):
   assert summary.strip() in out.stdout
 
 
-@needs_fmnist
-@pytest.mark.parametrize("family", ["ae", "vae"])
-def test_autoencoding_search(family, tmp_path):
+def autoencoding_config(family):
+  """Smoke preset, 2 seeds, ticket and random baselines, 2 levels."""
   config = configs.get_config(family, "fashion_mnist", "smoke")
   config.lottery.branches = ("ticket", "random_reinit", "random_pruning")
   config.tickets.seeds = (0, 1)
-  rows = lottery.run(config, str(tmp_path / family))
+  return config
+
+
+def check_autoencoding_search(family, rows, workdir):
   assert len(rows) == 2 + 2 * 2 * 3
   metric = "recon_mse" if family == "ae" else "fid_fmnist_clf"
-  with open(tmp_path / family / "summary.md") as f:
+  with open(os.path.join(workdir, "summary.md")) as f:
     assert "±" in f.read()
   assert all(np.isfinite(r[metric]) for r in rows)
+
+
+@needs_fmnist
+def test_autoencoding_search_vae(tmp_path):   # the AE's: test_extending_a_finished_search...
+  rows = lottery.run(autoencoding_config("vae"), str(tmp_path / "vae"))
+  check_autoencoding_search("vae", rows, str(tmp_path / "vae"))
 
 
 def test_rewind_restores_theta_k_exactly():
@@ -184,24 +192,23 @@ def test_branch_registry_order_and_a_new_branch():
 
 @needs_fmnist
 def test_extending_a_finished_search_trains_only_what_is_missing(tmp_path):
-  small = configs.get_config("ae", "fashion_mnist", "smoke")
+  small = autoencoding_config("ae")
   small.lottery.update(levels=1, branches=("ticket",))
   workdir = str(tmp_path / "extended")
   lottery.run(small, workdir)
   ticket_file = os.path.join(workdir, "level_01", "ticket_seed0", "metrics.json")
   stamp = os.stat(ticket_file).st_mtime_ns
-  full = configs.get_config("ae", "fashion_mnist", "smoke")
-  full.lottery.update(levels=2, branches=("ticket", "random_pruning"))
-  extended = lottery.run(full, workdir)
+  extended = lottery.run(autoencoding_config("ae"), workdir)
   assert os.stat(ticket_file).st_mtime_ns == stamp            # level 1's ticket not retrained
-  fresh = lottery.run(full, str(tmp_path / "fresh"))
+  fresh_dir = str(tmp_path / "fresh")
+  fresh = lottery.run(autoencoding_config("ae"), fresh_dir)   # also the AE's autoencoding search
+  check_autoencoding_search("ae", fresh, fresh_dir)
   key = lambda r: (r["level"], r["branch"], r["seed"])
   assert sorted(map(key, extended)) == sorted(map(key, fresh))
   by_key = {key(r): r for r in fresh}
   for row in extended:
     assert row["recon_mse"] == by_key[key(row)]["recon_mse"], key(row)
-  changed = configs.get_config("ae", "fashion_mnist", "smoke")
-  changed.lottery.update(levels=2, branches=("ticket", "random_pruning"))
+  changed = autoencoding_config("ae")
   changed.train.steps = 8
   with pytest.raises(ValueError, match="differs in: train.steps"):
     lottery.run(changed, workdir)
