@@ -30,7 +30,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["lth_jax", "lth_jax.*"]),
     install_requires=CORE,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-learn>=1.4"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-learn>=1.4",
+                 "filelock>=3.12"],
         "bench": ["torch==2.13.0"],
         "notebook": ["jupyter", "ipywidgets"],
     },

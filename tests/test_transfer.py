@@ -198,15 +198,10 @@ def test_nothing_prunable_on_both_sides_is_an_error():
 @needs_fmnist
 def test_smoke_binary_vae_to_gan(tmp_path):
   workdir = tmp_path / "run"
-  # A per-test XLA cache: the three stages compile identical programs (same HLO) only once.
-  env = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0",
-         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"),
          f"--config={ROOT}/experiments/configs/vae_fmnist.py:smoke", f"--workdir={workdir}",
          "--config.lottery.branches=('ticket','random_reinit','random_pruning')"]
-  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   for name in ("results.csv", "metric_vs_sparsity.png", "summary.md", "config.json"):
     assert (workdir / name).exists(), name
@@ -243,10 +238,6 @@ def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
   """SIGKILL inside the transferred stage (after one of its in-level checkpoints), then the same
   command again: the transferred run equals an uninterrupted run's (the finished source and
   target searches are copied from that run, so only the transferred stage trains)."""
-  env = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0",
-         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
   def command(workdir):
     return [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"),
@@ -254,13 +245,12 @@ def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
             *KILL_OVERRIDES]
 
   reference = tmp_path / "reference"
-  out = subprocess.run(command(reference), capture_output=True, text=True, timeout=600, env=env)
+  out = subprocess.run(command(reference), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   killed = tmp_path / "killed"
   for search in ("source", "target"):   # finished searches are reused: only 'transferred' runs
     shutil.copytree(reference / search, killed / search)
-  proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=env)
+  proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   target = killed / "transferred" / "level_01" / "checkpoints"
   deadline = time.time() + 300
   while time.time() < deadline and not checkpoint_saved(target):
@@ -268,7 +258,7 @@ def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (killed / "transferred" / "level_01" / "done.json").exists(), "finished before kill"
-  out = subprocess.run(command(killed), capture_output=True, text=True, timeout=600, env=env)
+  out = subprocess.run(command(killed), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   name = os.path.join("transferred", "level_01", "transferred_seed0")
   chex.assert_trees_all_equal(masks.load(reference / name / "masks.npz"),
