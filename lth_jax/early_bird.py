@@ -143,12 +143,13 @@ class _Run:
                        lambda s: self.config.train.steps)
 
   def _mask_fn(self):
+    """``TrainState -> mask tree`` of the search (which compiles it with its mask checks)."""
     scope = self.config.prune.scope
     sparsity = validation.part_sparsity(self.eb, self.pruned_parts)
     if self.structured:
       groups = self.groups
-      return jax.jit(lambda s: channels.channel_masks(s.params, s.batch_stats, groups, sparsity,
-                                                      scope=scope))
+      return lambda s: channels.channel_masks(s.params, s.batch_stats, groups, sparsity,
+                                              scope=scope)
     return lambda s: detection.magnitude_masks(s.params, self.all_kept, sparsity, scope=scope)
 
   def _mask_like(self):

@@ -4,13 +4,14 @@ Every ``interval`` steps of dense training, the mask the target sparsity would g
 computed; a :class:`Detector` keeps the last ``window`` masks and draws the ticket when every
 normalised Hamming distance (:func:`lth_jax.masks.distance`) of the older masks to the newest is
 ``<= epsilon``. :func:`search` runs the dense training of several tickets in chunks of ``interval``
-steps until each one's ticket is drawn or ``max_steps``. :func:`magnitude_masks` is the mask of an
-unstructured ticket (channel masks: :func:`lth_jax.channels.channel_masks`).
+steps until each one's ticket is drawn or ``max_steps``; the masks stay on the device, and a
+check of all tickets brings one scalar per ticket to the host. :func:`magnitude_masks` is the
+mask of an unstructured ticket (channel masks: :func:`lth_jax.channels.channel_masks`).
 """
 
 from __future__ import annotations
 
-import collections
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -20,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import report
 from lth_jax import steps as steps_lib
@@ -30,7 +30,15 @@ _ROUNDING = 1e-6    # masks.distance is float32: 2/20 -> 0.10000000149 must stil
 
 
 class Detector:
-  """Host-side ring of the last ``window`` masks; draws the ticket when they have converged.
+  """The last ``window`` masks of one ticket, kept on the device; draws the ticket when they have
+  converged.
+
+  ``ring`` holds the window: the mask tree with leaves ``[window, *leaf shape]`` (device arrays,
+  oldest first). A check pushes a mask into it (:func:`_push`, jitted) and brings one int32
+  scalar to the host: the most prunable entries in which an older mask of the window differs
+  from the newest. The normalised Hamming distance (:func:`lth_jax.masks.distance`) is that count
+  over the prunable entries, divided on the host in float32: XLA compiles a division by a
+  constant as a multiplication by its reciprocal, which can change the last bit.
 
   Args:
     window: masks compared (the newest and ``window - 1`` older ones); >= 2.
@@ -38,9 +46,9 @@ class Detector:
       window to the newest is ``<= epsilon``.
 
   Attributes:
-    history: one dict per :meth:`update`: ``step`` and ``max_distance`` (None until the window
-      is full).
-    drawn_step, drawn_mask: the step and mask of the first draw (None before).
+    history: one dict per check: ``step`` and ``max_distance`` (None until the window is full).
+    drawn_step, drawn_mask: the step and mask of the first draw (None before); the mask as
+      checked (device arrays in :func:`search`).
   """
 
   def __init__(self, *, window: int = 5, epsilon: float = 0.1):
@@ -50,7 +58,8 @@ class Detector:
       raise ValueError(f"early_bird.epsilon must be in [0, 1], got {epsilon}")
     self.window = window
     self.epsilon = epsilon
-    self._ring: collections.deque = collections.deque(maxlen=window)
+    self.ring: PyTree = None
+    self._entries = 0                 # prunable entries of one mask
     self.history: list[dict] = []
     self.drawn_step: int | None = None
     self.drawn_mask: PyTree = None
@@ -59,24 +68,60 @@ class Detector:
   def drawn(self) -> bool:
     return self.drawn_step is not None
 
+  def start(self, shapes: PyTree) -> None:
+    """Allocates the ring for masks shaped like ``shapes`` (arrays or ``jax.ShapeDtypeStruct``
+    leaves; None leaves are not prunable). Its zeros are never compared: distances start once
+    ``window`` masks have been checked."""
+    self._entries = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    if not self._entries:
+      raise ValueError("mask trees have no prunable leaves; distance is undefined")
+    self.ring = jax.tree.map(lambda x: jnp.zeros((self.window, *x.shape), x.dtype), shapes)
+
   def update(self, step: int, mask: PyTree) -> bool:
-    """Adds the mask of ``step``; returns True once the ticket has been drawn (now or before)."""
-    self._ring.append(mask)
+    """Adds the mask of ``step`` (host or device arrays); returns True once the ticket has been
+    drawn (now or before). One int32 scalar comes to the host."""
+    if self.ring is None:
+      self.start(mask)
+    _, self.ring, differ = _push_jit(mask, self.ring)
+    return self.record(step, mask, jax.device_get(differ))
+
+  def record(self, step: int, mask: PyTree, differ: int | np.integer) -> bool:
+    """The host half of a check: ``mask`` (of ``step``) was pushed into ``ring`` and ``differ``
+    (a host integer) is :func:`_push`'s count. Returns :attr:`drawn`."""
     distance = None
-    if len(self._ring) == self.window:
-      newest = self._ring[-1]
-      distance = max(float(masks_lib.distance(old, newest)) for old in list(self._ring)[:-1])
+    if len(self.history) + 1 >= self.window:
+      distance = float(np.float32(differ) / np.float32(self._entries))
       if distance <= self.epsilon + _ROUNDING and not self.drawn:
-        self.drawn_step, self.drawn_mask = int(step), newest
+        self.drawn_step, self.drawn_mask = int(step), mask
     self.history.append({"step": int(step), "max_distance": distance})
     return self.drawn
+
+
+def _push(mask: PyTree, ring: PyTree) -> tuple[PyTree, PyTree, jax.Array]:
+  """Pushes ``mask`` into ``ring`` (dropping the oldest) and compares the ring with it.
+
+  Args:
+    mask: a mask tree (bool leaves; None leaves are not prunable).
+    ring: ``mask``'s tree with leaves ``[window, *leaf shape]``, oldest first.
+
+  Returns:
+    ``(mask, ring, differ)``: the new ring and ``differ``, an int32 scalar: the most entries in
+    which a mask of the new ring differs from ``mask`` (the newest itself counts 0).
+  """
+  ring = jax.tree.map(lambda r, m: jnp.concatenate([r[1:], m[None]]), ring, mask)
+  differ = sum(jnp.sum(r != m[None], axis=tuple(range(1, r.ndim)), dtype=jnp.int32)
+               for r, m in zip(jax.tree.leaves(ring), jax.tree.leaves(mask)))
+  return mask, ring, jnp.max(differ)
+
+
+_push_jit = jax.jit(_push)
 
 
 class SearchResult(NamedTuple):
   state: steps_lib.TrainState   # the search's dense state at ``step``
   step: int                     # the step the ticket was drawn (or the last step checked)
   drawn: bool                   # False: max_steps reached first; ``mask`` is the newest mask
-  mask: PyTree
+  mask: PyTree                  # device arrays (the caller brings them to the host to save)
   history: list[dict]
   seconds: float                # this ticket's share of the search's wall-clock (compilation
   cpu_seconds: float            # included) and of the process's CPU time (all threads)
@@ -95,11 +140,16 @@ def search(train_group: TrainGroup, states: list[steps_lib.TrainState], *,
   :class:`lth_jax.parallel.TicketRunner`); a ticket leaves the group at its draw. Each chunk's
   wall-clock and CPU time are split evenly over the tickets that trained in it.
 
+  A check runs ``mask_fn`` and :func:`_push` in one jitted call per active ticket (compiled once
+  for same-shaped tickets) and brings their T distance counts to the host in one
+  ``jax.device_get``: the masks stay on the device.
+
   Args:
     train_group: ``(ticket indices, their states, until_step) -> trained states`` (the states
       may be donated).
     states: one starting state per ticket, all at the same step.
-    mask_fn: ``TrainState -> mask tree`` (the mask the target sparsity would give now).
+    mask_fn: ``TrainState -> mask tree`` (the mask the target sparsity would give now; jit-able,
+      traced once here).
     detectors: one fresh :class:`Detector` per ticket.
     interval: steps between two masks.
     max_steps: absolute step at which the search stops without a draw.
@@ -116,6 +166,11 @@ def search(train_group: TrainGroup, states: list[steps_lib.TrainState], *,
   if step >= max_steps:
     raise ValueError(f"early-bird search has no step to run: the state is at step {step} and "
                      f"max_steps is {max_steps}")
+  shapes = jax.eval_shape(mask_fn, states[0])
+  for detector in detectors:
+    if detector.ring is None:
+      detector.start(shapes)
+  check = jax.jit(lambda state, ring: _push(mask_fn(state), ring))
   states = list(states)
   active = list(range(len(states)))
   masks: list = [None] * len(states)
@@ -126,10 +181,13 @@ def search(train_group: TrainGroup, states: list[steps_lib.TrainState], *,
     trained = train_group(active, [states[i] for i in active], step)
     jax.block_until_ready(trained)
     spent[active] += np.asarray(elapsed(start)) / len(active)
+    differs = []
     for i, state in zip(active, trained):
       states[i] = state
-      masks[i] = jax.device_get(mask_fn(state))
-      detectors[i].update(step, masks[i])
+      masks[i], detectors[i].ring, differ = check(state, detectors[i].ring)
+      differs.append(differ)
+    for i, differ in zip(active, jax.device_get(differs)):    # the check's one transfer
+      detectors[i].record(step, masks[i], differ)
       distance = detectors[i].history[-1]["max_distance"]
       logging.info("early-bird check of ticket %s at step %d: max mask distance %s", names[i],
                    step, distance)

@@ -118,6 +118,93 @@ def test_search_of_several_tickets_drops_each_at_its_draw():
   assert results[0].seconds > results[1].seconds > 0
 
 
+def _drifting_masks(state):
+  """Masks of 41 prunable entries (and a non-prunable leaf) after w = params['w'] steps: the
+  first min(2w, 20) of 20 and the first min(3w, 21) of 3x7 are kept; they settle at w = 10."""
+  w = state.params["w"]
+  return {"a": {"kernel": jnp.arange(20) < jnp.minimum(2 * w, 20), "bias": None},
+          "b": jnp.arange(21).reshape(3, 7) < jnp.minimum(3 * w, 21)}
+
+
+def _host_reference(checks, window, epsilon):
+  """The former host-side check on host copies of the masks: ``float(masks.distance)`` of every
+  older mask of the window to the newest. ``checks``: [(step, mask)]; -> (draw step, distances)."""
+  drawn, distances = None, []
+  for k, (step, mask) in enumerate(checks):
+    distance = None
+    if k + 1 >= window:
+      distance = max(float(masks.distance(old, mask)) for _, old in checks[k + 1 - window:k])
+      if distance <= epsilon + detection._ROUNDING and drawn is None:
+        drawn = step
+    distances.append(distance)
+  return drawn, distances
+
+
+def test_search_checks_on_the_device_equal_the_host_reference():
+  # Ticket 1 starts 5 "steps" ahead: windows of 3 within 0.1 (4/41) at steps 9 and 4. Before,
+  # 10/41 and 7/41: values that XLA's x * (1/41) for x / 41 rounds differently in float32.
+  trained = {0: [], 1: []}
+  group = _count_group([])
+
+  def train_group(indices, states, until_step):
+    out = group(indices, states, until_step)
+    for i, state in zip(indices, out):
+      trained[i].append((until_step, jax.device_get(state)))
+    return out
+
+  results = detection.search(train_group, [_count_state(0.0), _count_state(5.0)],
+                             mask_fn=_drifting_masks,
+                             detectors=[detection.Detector(window=3, epsilon=0.1)
+                                        for _ in range(2)], interval=1, max_steps=100)
+  assert [(r.drawn, r.step) for r in results] == [(True, 9), (True, 4)]
+  for i, result in enumerate(results):
+    checks = [(step, jax.device_get(_drifting_masks(state))) for step, state in trained[i]]
+    drawn, distances = _host_reference(checks, window=3, epsilon=0.1)
+    assert result.step == drawn
+    assert [h["max_distance"] for h in result.history] == distances     # bit for bit
+    assert [h["step"] for h in result.history] == [step for step, _ in checks]
+    chex.assert_trees_all_equal(jax.device_get(result.mask), checks[-1][1])
+
+
+def test_search_keeps_masks_on_the_device_and_fetches_one_scalar_per_ticket(monkeypatch):
+  """Between two trainings the only transfer to the host is one ``jax.device_get`` of an int32
+  scalar per active ticket (implicit transfers are refused by the guard on accelerators; XLA CPU
+  does not enforce it); ``mask_fn`` is traced twice in all (shapes, then the jitted check)."""
+  fetches, traces, calls, phase = [], [], [], ["start"]
+  device_get = jax.device_get
+
+  def counting_get(tree):
+    if phase[0] == "check":
+      fetches.append([np.shape(x) for x in jax.tree.leaves(tree)])
+    return device_get(tree)
+
+  def mask_fn(state):
+    traces.append(state)
+    return _drifting_masks(state)
+
+  group = _count_group(calls)
+
+  def train_group(indices, states, until_step):
+    phase[0] = "train"
+    with jax.transfer_guard("allow"):
+      out = group(indices, states, until_step)
+    phase[0] = "check"
+    return out
+
+  monkeypatch.setattr(jax, "device_get", counting_get)
+  detectors = [detection.Detector(window=3, epsilon=0.1) for _ in range(2)]
+  host_state = lambda w: steps.TrainState(np.int32(0), {"w": np.float32(w)}, {}, {})
+  with jax.transfer_guard_device_to_host("disallow"):
+    results = detection.search(train_group, [host_state(0.0), host_state(5.0)], mask_fn=mask_fn,
+                               detectors=detectors, interval=1, max_steps=100)
+  assert [r.step for r in results] == [9, 4]
+  assert fetches == [[()] * len(indices) for indices, _ in calls] and len(calls) == 9
+  assert len(traces) == 2
+  for result, detector in zip(results, detectors):
+    assert isinstance(result.mask["b"], jax.Array) and isinstance(detector.ring["b"], jax.Array)
+    assert detector.ring["b"].shape == (3, 3, 7)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("kind", "channels", "unknown early_bird.kind"), ("sparsity", 1.0, "early_bird.sparsity"),
     ("window", 1, "early_bird.window"), ("interval", 0, "early_bird.interval"),
