@@ -71,6 +71,7 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: st
       steps={"dcgan": 5000, "vae": 4000, "ae": 3000}[family],
       batch_size=64,
       steps_per_call=1,
+      loop="auto",                     # steps of one call: 'unrolled' | 'rolled' | 'auto' (backend)
       log_every=250,
       checkpoint_every=1000,
       optimizer=dict(_GAN_OPT if family == "dcgan" else _AE_OPT)))

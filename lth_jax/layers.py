@@ -26,6 +26,15 @@ transpose_kernel=True)`` with flax kernel ``K.swapaxes(2, 3)`` (shape ``(k, k, o
 equals the same flax layer with ``transpose_kernel=False`` and flax kernel ``K[::-1, ::-1]``.
 A PyTorch weight ``W [in, out, kh, kw]`` is ``K = W.transpose(2, 3, 0, 1)``.
 
+Two formulations of every convolution (:func:`conv_formulation`, read when a function is traced):
+``'xla'`` (XLA's convolutions; the default) and ``'patches'``: the input's patches
+(``lax.conv_general_dilated_patches``, exact: precision HIGHEST) times the kernel as one matrix
+product. Vmapped over tickets with per-ticket kernels, XLA's convolution becomes a grouped one
+(slow on CPU and GPU, see BENCHMARKS.md), while the patches formulation becomes one batched
+matrix product per layer, whatever the number of tickets. DCGAN-family convolutions pass
+:func:`conv_general_dilated` to flax's ``nn.Conv`` and the transposed ones use
+:func:`conv_transpose`; both follow the formulation.
+
 Example::
 
   from lth_jax import layers
@@ -35,8 +44,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -48,6 +59,54 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # The kernel tangent as the convolution's *input* (batch = out channels, feature = in channels)
 # and the activations as its kernel (out feature = batch): output [B, H', W', out].
 _KERNEL_AS_INPUT = ("HWCN", "OHWI", "CHWN")
+
+
+FORMULATIONS = ("xla", "patches")
+_FORMULATION = contextvars.ContextVar("lth_jax_conv_formulation", default="xla")
+
+
+@contextlib.contextmanager
+def conv_formulation(name: str) -> Iterator[None]:
+  """Convolutions traced inside the block use formulation ``name`` ('xla' or 'patches').
+
+  The choice is made when a function is traced: jit the function inside the block, or call the
+  block inside the function being traced (as :class:`lth_jax.parallel.TicketRunner` does).
+  """
+  if name not in FORMULATIONS:
+    raise ValueError(f"unknown convolution formulation {name!r}; expected one of {FORMULATIONS}")
+  token = _FORMULATION.set(name)
+  try:
+    yield
+  finally:
+    _FORMULATION.reset(token)
+
+
+def _patches_matmul(x, kernel, strides, padding, lhs_dilation, precision):
+  """NHWC ``x`` * HWIO ``kernel`` as patches ``[B, H', W', C*kh*kw]`` times ``[C*kh*kw, O]``."""
+  patches = lax.conv_general_dilated_patches(
+      x, kernel.shape[:2], strides, padding, lhs_dilation=lhs_dilation,
+      dimension_numbers=_NHWC, precision=lax.Precision.HIGHEST)   # a copy: must not round
+  flat = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, kernel.shape[3])  # patches: (C, kh, kw)
+  return jnp.einsum("bhwk,ko->bhwo", patches, flat.astype(patches.dtype), precision=precision)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         **kwargs) -> jax.Array:
+  """``lax.conv_general_dilated`` in the current :func:`conv_formulation` (flax's ``nn.Conv``
+  hook). 'patches' covers 2-D NHWC/HWIO convolutions without groups or kernel dilation, the
+  layers of the DCGAN-style models; anything else runs XLA's convolution."""
+  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  simple = (dims == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+            and feature_group_count == 1 and not kwargs and lhs.ndim == 4
+            and all(d == 1 for d in (rhs_dilation or (1, 1))))
+  if _FORMULATION.get() == "xla" or not simple:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision, **kwargs)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  return _patches_matmul(lhs, rhs, window_strides, padding, lhs_dilation, precision)
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -147,6 +206,9 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int]
     (ph, pw), (kh, kw) = padding, kernel.shape[:2]
     return jnp.einsum("bc,hwco->bhwo", x[:, 0, 0], kernel[ph:kh - ph, pw:kw - pw],
                       precision=precision)
+  if _FORMULATION.get() == "patches":
+    pads = [(k - 1 - p, k - 1 - p) for k, p in zip(kernel.shape[:2], padding)]
+    return _patches_matmul(x, kernel[::-1, ::-1], (1, 1), pads, strides, precision)
   return _conv_transpose(x, kernel, strides, padding, precision)
 
 

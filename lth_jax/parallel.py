@@ -3,11 +3,22 @@
 T tickets (seeds, branches, sparsities, ...) of one family share the compiled program: their
 states, masks and keys are stacked on a leading axis, placed on a mesh with axes
 ``('ticket', 'data')`` and trained by one ``jax.jit(jax.shard_map(...))`` call, manual over
-``ticket`` (and over ``data`` when it has size 1). Inside a device, its block of tickets runs
-either vmapped or one after another (an unrolled Python loop: never a rolled loop, which XLA CPU
-runs 40-70x slower for convolutions). Which is faster depends on the backend;
-``execution='auto'`` picks by the measurement in BENCHMARKS.md. T not divisible by the
-``ticket`` axis size is padded with copies of the last ticket, whose results are dropped.
+``ticket`` (and over ``data`` when it has size 1). Inside a device, its block of tickets runs in
+one of three executions:
+
+* ``'sequential'``: one after another (an unrolled Python loop inside the program);
+* ``'vmap'``: vmapped; per-ticket kernels turn each convolution into a grouped one;
+* ``'batched'``: vmapped, with every convolution written as patches times kernel
+  (:func:`lth_jax.layers.conv_formulation`), so each layer of all T tickets is one batched
+  matrix product.
+
+Which is fastest depends on the backend; ``execution='auto'`` picks by the measurement in
+BENCHMARKS.md (:func:`resolve_execution`). T not divisible by the ``ticket`` axis size is padded
+with copies of the last ticket, whose results are dropped.
+
+The host never waits for a call before dispatching the next: each call's metrics are fetched
+after the next call has been dispatched (one call behind), and a divergence is reported then;
+states are only fetched at checkpoint boundaries and at the end.
 
 One after another, each ticket is bit-identical to the same ticket trained alone by
 ``steps.jit_multi_step`` in the same process (tested on 2 and 4 devices with XLA's default
@@ -54,26 +65,28 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lth_jax import layers
 from lth_jax import steps as steps_lib
 
 PyTree = Any
 AXES = ("ticket", "data")
-EXECUTIONS = ("auto", "sequential", "vmap")
+EXECUTIONS = ("auto", "sequential", "vmap", "batched")
 
 
 def resolve_execution(execution: str, platform: str | None = None) -> str:
-  """'sequential' or 'vmap' for ``execution`` on ``platform`` (default: JAX's backend).
+  """The execution of ``execution`` on ``platform`` (default: JAX's backend).
 
-  'auto' is 'sequential' on CPU — measured here (benchmarks/tickets.py, BENCHMARKS.md): vmapped
-  DCGAN tickets cost more than the same tickets one after another, since per-ticket weights turn
-  convolutions into grouped ones — and 'vmap' on GPU/TPU, where batching amortises kernel
-  launches and fills the device.
+  'auto' is 'sequential' on CPU: measured here (benchmarks/accelerator.py, BENCHMARKS.md),
+  vmapped DCGAN tickets cost more than the same tickets one after another, in either
+  formulation. On GPU/TPU it is 'batched': one batched matrix product per layer for all tickets
+  instead of T launches of small kernels (on an H200, 'vmap' with grouped convolutions was slower
+  than 'sequential', and 'sequential' scaled linearly in T).
   """
   if execution not in EXECUTIONS:
     raise ValueError(f"unknown tickets.execution {execution!r}; expected one of {EXECUTIONS}")
   if execution != "auto":
     return execution
-  return "sequential" if (platform or jax.default_backend()) == "cpu" else "vmap"
+  return "sequential" if (platform or jax.default_backend()) == "cpu" else "batched"
 
 
 def make_mesh(*, data_parallel: int = 1, devices: Sequence[jax.Device] | None = None
@@ -175,8 +188,10 @@ class TicketRunner:
   Args:
     family: the family whose ``train_step`` every ticket runs.
     mesh: a ``('ticket', 'data')`` mesh (see :func:`make_mesh`).
-    execution: 'sequential' | 'vmap' | 'auto' (per-device block of tickets).
-    steps_per_call: steps fused into one call (unrolled).
+    execution: 'sequential' | 'vmap' | 'batched' | 'auto' (per-device block of tickets).
+    steps_per_call: steps fused into one call.
+    loop: how a call's steps run: 'unrolled' | 'rolled' | 'auto' (per backend,
+      :func:`lth_jax.steps.resolve_loop`).
 
   Raises:
     ValueError: the mesh's axes are not ``('ticket', 'data')``, the family's batch size is
@@ -185,7 +200,7 @@ class TicketRunner:
   """
 
   def __init__(self, family: steps_lib.Family, *, mesh: jax.sharding.Mesh,
-               execution: str = "auto", steps_per_call: int = 1):
+               execution: str = "auto", steps_per_call: int = 1, loop: str = "auto"):
     if tuple(mesh.axis_names) != AXES:
       raise ValueError(f"TicketRunner needs a mesh with axes {AXES}, got {mesh.axis_names}")
     if family.batch_size % mesh.shape["data"]:
@@ -195,6 +210,7 @@ class TicketRunner:
     self.mesh = mesh
     self.execution = resolve_execution(execution, mesh.devices.flat[0].platform)
     self.steps_per_call = steps_per_call
+    self.loop = steps_lib.resolve_loop(loop, mesh.devices.flat[0].platform)
     self.multiprocess = len({d.process_index for d in mesh.devices.flat}) > 1
     self._fns: dict = {}
     risk = cpu_collective_deadlock_risk(mesh)
@@ -222,12 +238,13 @@ class TicketRunner:
     key = (n, block, str(impl))
     if key in self._fns:
       return self._fns[key]
-    one = steps_lib.multi_step(self.family, n)
+    one = steps_lib.multi_step(self.family, n, self.loop)
 
     def block_fn(states, masks, images, key_data):
       keys = jax.random.wrap_key_data(key_data, impl=impl)
-      if self.execution == "vmap":
-        states, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(states, masks, images, keys)
+      if self.execution in ("vmap", "batched"):
+        with layers.conv_formulation("patches" if self.execution == "batched" else "xla"):
+          states, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(states, masks, images, keys)
       else:
         # Barriers around each ticket keep slicing and stacking out of its fusions: XLA then
         # compiles each ticket exactly as a single-ticket program (bit-identical results; a
@@ -297,8 +314,9 @@ class TicketRunner:
       on_boundary: called as ``on_boundary(step, states)`` at every multiple of
         ``boundary_every`` and at the end (checkpointing) with every ticket's state: host
         (NumPy) trees on a multi-device mesh or process, device arrays on one device.
-      on_chunk: called as ``on_chunk(step, metrics)`` after every call, with one dict of
-        host floats per ticket (losses averaged over the call's steps).
+      on_chunk: called as ``on_chunk(step, metrics)`` for every call, with one dict of host
+        floats per ticket (losses averaged over the call's steps), once the next call has
+        been dispatched (at a boundary and at the end: before ``on_boundary``).
 
     Returns:
       The trained per-ticket states: device arrays on a one-device mesh, host NumPy trees of
@@ -316,22 +334,35 @@ class TicketRunner:
     step = steps.pop()
     t = len(states)
     if self._single_device_loop():
-      call, carry = self._one_device_calls(states, masks, images, run_keys)
+      call, fetch, carry = self._one_device_calls(states, masks, images, run_keys)
     else:
-      call, carry = self._stacked_calls(states, masks, images, run_keys)
-    for n in chunk_sizes(step, until_step, self.steps_per_call, boundary_every):
-      carry, metrics = call(n, carry)
-      step += n
+      call, fetch, carry = self._stacked_calls(states, masks, images, run_keys)
+    pending = None      # (step, device metrics) of the last call, fetched after the next dispatch
+
+    def settle():
+      done_step, device_metrics = pending
+      metrics = fetch(device_metrics)
       finite = np.array([m.pop("finite") for m in metrics])
       if not finite.all():
         raise steps_lib.DivergenceError(
             f"ticket(s) {np.flatnonzero(finite < 1).tolist()} diverged: NaN/Inf loss or "
-            f"params after step {step}")
+            f"params after step {done_step}")
       if on_chunk is not None:
-        on_chunk(step, metrics)
+        on_chunk(done_step, metrics)
+
+    for n in chunk_sizes(step, until_step, self.steps_per_call, boundary_every):
+      carry, device_metrics = call(n, carry)
+      if pending is not None:
+        settle()
+      step += n
+      pending = (step, device_metrics)
       if on_boundary is not None and (step == until_step or (
           boundary_every and step % boundary_every == 0)):
+        settle()                          # never checkpoint a diverged state
+        pending = None
         on_boundary(step, self._states(carry, t))
+    if pending is not None:
+      settle()
     return self._states(carry, t)
 
   def _states(self, carry, t: int) -> list[steps_lib.TrainState]:
@@ -343,7 +374,10 @@ class TicketRunner:
     return unstack(self._to_host(carry))[:t]
 
   def _stacked_calls(self, states, masks, images, run_keys):
-    """``(call, carry)``: every ticket stacked, padded, placed on the mesh; one program."""
+    """``(call, fetch, carry)``: every ticket stacked, padded, placed on the mesh; one program.
+
+    ``call(n, carry) -> (carry, device metrics)`` dispatches ``n`` steps; ``fetch(device
+    metrics)`` waits for them and returns one dict of host floats per ticket."""
     t = len(states)
     padded = padded_count(t, self.num_shards)
     pad = lambda xs: list(xs) + [xs[-1]] * (padded - t)
@@ -356,14 +390,17 @@ class TicketRunner:
 
     def call(n, carry):
       fn = self._compiled(n, padded // self.num_shards, impl)
-      carry, metrics = fn(carry, stacked_masks, images, keys)
-      host = self._to_host(metrics)
-      return carry, [{k: float(v[i]) for k, v in host.items()} for i in range(t)]
+      return fn(carry, stacked_masks, images, keys)
 
-    return call, stacked
+    def fetch(metrics):
+      host = self._to_host(metrics)
+      return [{k: float(v[i]) for k, v in host.items()} for i in range(t)]
+
+    return call, fetch, stacked
 
   def _one_device_calls(self, states, masks, images, run_keys):
-    """``(call, carry)``: one device, sequential: the tickets take turns, one call each."""
+    """``(call, fetch, carry)`` (as :meth:`_stacked_calls`): one device, sequential: the tickets
+    take turns, one call each."""
     # Tickets may share buffers (e.g. one θ_k) and the jitted step donates its state: copy once.
     # Committing every input to the device keeps one compilation for fresh and restored arrays.
     device = self.mesh.devices.flat[0]
@@ -373,13 +410,15 @@ class TicketRunner:
 
     def call(n, carry):
       if (n, "single") not in self._fns:
-        self._fns[(n, "single")] = steps_lib.jit_multi_step(self.family, n)
+        self._fns[(n, "single")] = steps_lib.jit_multi_step(self.family, n, self.loop)
       outs = [self._fns[(n, "single")](s, m, images, k)
               for s, m, k in zip(carry, masks, run_keys)]
-      metrics = jax.device_get([o[1] for o in outs])
-      return [o[0] for o in outs], [{k: float(v) for k, v in m.items()} for m in metrics]
+      return [o[0] for o in outs], [o[1] for o in outs]
 
-    return call, states
+    def fetch(metrics):
+      return [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
+
+    return call, fetch, states
 
 
 def chunk_sizes(step: int, until_step: int, steps_per_call: int, boundary_every: int = 0):

@@ -202,7 +202,7 @@ class Context:
     if key not in self._runners:
       self._runners[key] = parallel.TicketRunner(
           family or self.family, mesh=self.mesh, execution=self.execution,
-          steps_per_call=self.config.train.steps_per_call)
+          steps_per_call=self.config.train.steps_per_call, loop=self.config.train.loop)
     return self._runners[key]
 
   def dense_masks(self, params: PyTree, family: steps_lib.Family | None = None) -> PyTree:

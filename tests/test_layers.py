@@ -153,3 +153,42 @@ def test_module_params_bias_and_dtype():
 def test_bad_arguments_raise(args, match):
   with pytest.raises(ValueError, match=match):
     layers.conv_transpose(*args)
+
+
+def patches(fn):
+  """``fn`` traced under the patches formulation."""
+  def wrapped(*args):
+    with layers.conv_formulation("patches"):
+      return fn(*args)
+  return wrapped
+
+
+@pytest.mark.parametrize("h,w,c_in,c_out,k,s,p", [CASES[0], CASES[3], CASES[5], CASES[9]])
+def test_patches_formulation_of_conv_transpose_matches(h, w, c_in, c_out, k, s, p):
+  x, kernel = inputs(h, w, c_in, c_out, k)
+  fn = scalar(ours(s, p))
+  chex.assert_trees_all_close(patches(ours(s, p))(x, kernel), ours(s, p)(x, kernel), **TOL)
+  chex.assert_trees_all_close(jax.grad(patches(fn), argnums=(0, 1))(x, kernel),
+                              jax.grad(fn, argnums=(0, 1))(x, kernel), **TOL)
+
+
+@pytest.mark.parametrize("strides,padding", [((2, 2), ((1, 1), (1, 1))), ((1, 1), "VALID"),
+                                             ((2, 2), "SAME")])
+def test_patches_formulation_of_conv_matches_and_batches_kernels(strides, padding):
+  """As flax's ``nn.Conv`` hook, forward and gradients equal XLA's convolution; vmapped over
+  per-ticket kernels, it holds batched matrix products, no grouped convolution."""
+  x, kernel = inputs(6, 6, 3, 4, 4)
+  conv = lambda x, kernel: layers.conv_general_dilated(
+      x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=HIGHEST)
+  chex.assert_trees_all_close(patches(conv)(x, kernel), conv(x, kernel), **TOL)
+  grads = jax.grad(scalar(conv), argnums=(0, 1))(x, kernel)
+  chex.assert_trees_all_close(jax.grad(patches(scalar(conv)), argnums=(0, 1))(x, kernel), grads,
+                              **TOL)
+  kernels = jnp.stack([kernel, -kernel])
+  batched = jax.vmap(jax.grad(patches(scalar(conv)), argnums=1), in_axes=(None, 0))
+  chex.assert_trees_all_close(batched(x, kernels)[1], grads[1], **TOL)   # f(-K) = -f(K)
+  text = jax.jit(jax.vmap(patches(conv), in_axes=(None, 0))).lower(x, kernels).as_text()
+  assert "feature_group_count = 2" not in text and "dot_general" in text
+  with pytest.raises(ValueError, match="unknown convolution formulation 'fft'"):
+    with layers.conv_formulation("fft"):
+      pass

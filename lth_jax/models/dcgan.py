@@ -181,7 +181,7 @@ class DiscriminatorBody(nn.Module):
     for i, features in enumerate(hidden):
       x = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=i == 0,
                   kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name=f"conv{i}")(x)
+                  conv_general_dilated=layers.conv_general_dilated, name=f"conv{i}")(x)
       if i > 0:
         x = _batch_norm(train, f"bn{i}", self.dtype, self.param_dtype)(x)
       x = nn.leaky_relu(x, LEAKY_SLOPE)
@@ -191,7 +191,8 @@ class DiscriminatorBody(nn.Module):
 def _head(features: int, dtype: Any, param_dtype: Any) -> nn.Conv:
   """The k4 VALID output conv mapping the body's 4x4 features to ``features`` per image."""
   return nn.Conv(features, (4, 4), padding="VALID", kernel_init=KERNEL_INIT, dtype=dtype,
-                 param_dtype=param_dtype, name="head")
+                 param_dtype=param_dtype, conv_general_dilated=layers.conv_general_dilated,
+                 name="head")
 
 
 class Discriminator(nn.Module):
