@@ -72,6 +72,7 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: st
       batch_size=64,
       steps_per_call=1,
       loop="auto",                     # steps of one call: 'unrolled' | 'rolled' | 'auto' (backend)
+      precision="fp32",                # or 'bf16': mixed precision (bf16 passes, fp32 weights)
       log_every=250,
       checkpoint_every=1000,
       optimizer=dict(_GAN_OPT if family == "dcgan" else _AE_OPT)))

@@ -120,7 +120,8 @@ def family_from_config(config: ml_collections.ConfigDict, *, widths: dict | None
       config.family, channels=data_lib.num_channels(config.data.name),
       image_size=config.data.image_size, width=config.model.width, z_dim=config.model.z_dim,
       optimizer=dict(config.train.optimizer), batch_size=config.train.batch_size,
-      loss_kind=config.loss.kind, beta=config.loss.beta, widths=widths, bn_l1=bn_l1)
+      loss_kind=config.loss.kind, beta=config.loss.beta, widths=widths, bn_l1=bn_l1,
+      precision=config.train.precision)
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Split, data_lib.Split]:

@@ -29,6 +29,8 @@ PyTree = Any
 FAMILIES = ("ae", "vae", "dcgan")
 PARTS = {"ae": ("encoder", "decoder"), "vae": ("encoder", "decoder"),
          "dcgan": ("generator", "discriminator")}
+# train.precision -> the compute dtype of the training step's passes (None: the params' fp32).
+PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}
 
 
 class DivergenceError(FloatingPointError):
@@ -104,6 +106,12 @@ def _masked_update(tx, grads, opt_state, params, masks):
   return optim.apply_updates(params, updates, masks), opt_state
 
 
+def to_float32(tree: PyTree) -> PyTree:
+  """Every floating leaf of ``tree`` as float32 (a mixed-precision pass's outputs, for losses)."""
+  return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating)
+                      else x, tree)
+
+
 def _bn_l1_weights(bn_l1: float | Mapping[str, float], parts: tuple[str, str]) -> dict:
   """``{part: λ}`` from one λ for every part or a ``{part: λ}`` mapping (missing parts: 0)."""
   weights = dict(bn_l1) if isinstance(bn_l1, Mapping) else {p: bn_l1 for p in parts}
@@ -125,11 +133,13 @@ def bn_l1_penalty(params: PyTree, weight: float) -> jax.Array:
 
 # ----------------------------------------------------------------------------------- DCGAN
 def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_kind, batch_size,
-                bn_l1):
+                bn_l1, compute_dtype):
   gen = dcgan.Generator(width=width, channels=channels, image_size=image_size, z_dim=z_dim,
                         widths=widths.get("generator") if widths else None)
   disc = dcgan.Discriminator(width=width, channels=channels, image_size=image_size,
                              widths=widths.get("discriminator") if widths else None)
+  # The training step's passes in the compute dtype; init, scoring and sampling in fp32.
+  train_gen, train_disc = gen.clone(dtype=compute_dtype), disc.clone(dtype=compute_dtype)
   optimizers = {"generator": _adam(optimizer), "discriminator": _adam(optimizer)}
 
   def init(key):
@@ -140,16 +150,18 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
     stats = {"generator": vg.get("batch_stats", {}), "discriminator": vd.get("batch_stats", {})}
     return _init_state(params, stats, optimizers)
 
-  def g_apply(p, s, z, train):
+  def g_apply(p, s, z, train, module=gen):
     if train:
-      out, new = gen.apply({"params": p, "batch_stats": s}, z, train=True,
-                           mutable=["batch_stats"])
+      out, new = module.apply({"params": p, "batch_stats": s}, z, train=True,
+                              mutable=["batch_stats"])
       return out, new["batch_stats"]
-    return gen.apply({"params": p, "batch_stats": s}, z, train=False), s
+    return module.apply({"params": p, "batch_stats": s}, z, train=False), s
 
-  def d_apply(p, s, x):
-    out, new = disc.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
-    return out, new["batch_stats"]
+  def d_apply(p, s, x, module=disc):
+    """Train-mode logits (float32, whatever the compute dtype) and new BatchNorm statistics."""
+    out, new = module.apply({"params": p, "batch_stats": s}, x, train=True,
+                            mutable=["batch_stats"])
+    return to_float32(out), new["batch_stats"]
 
   def train_step(state: TrainState, masks, images, key):
     kx, kz = jax.random.split(key)
@@ -157,12 +169,12 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
     z = data_lib.shard_batch(jax.random.normal(kz, (batch_size, z_dim)))   # G data-parallel too
     p, s = state.params, state.batch_stats
     # Generator forward once; its VJP is reused for the generator step (as PyTorch's DCGAN does).
-    (fake, g_vjp, g_stats) = jax.vjp(lambda gp: g_apply(gp, s["generator"], z, True),
+    (fake, g_vjp, g_stats) = jax.vjp(lambda gp: g_apply(gp, s["generator"], z, True, train_gen),
                                      p["generator"], has_aux=True)
 
     def d_loss_fn(dp):
-      real_logits, ds = d_apply(dp, s["discriminator"], real)
-      fake_logits, ds = d_apply(dp, ds, jax.lax.stop_gradient(fake))
+      real_logits, ds = d_apply(dp, s["discriminator"], real, train_disc)
+      fake_logits, ds = d_apply(dp, ds, jax.lax.stop_gradient(fake), train_disc)
       loss = objectives.gan_d_loss(real_logits, fake_logits, kind=loss_kind)
       if bn_l1["discriminator"]:
         loss = loss + bn_l1_penalty(dp, bn_l1["discriminator"])
@@ -174,7 +186,7 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
                                      masks["discriminator"])
 
     def g_loss_fn(fake_images):
-      logits, ds = d_apply(d_params, d_stats, fake_images)
+      logits, ds = d_apply(d_params, d_stats, fake_images, train_disc)
       return objectives.gan_g_loss(logits, kind=loss_kind), ds
 
     (g_loss, d_stats), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
@@ -222,23 +234,25 @@ def _gan_family(*, channels, image_size, width, z_dim, widths, optimizer, loss_k
 
 # ------------------------------------------------------------------------------ VAE and AE
 def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, optimizer, beta,
-                         batch_size, bn_l1):
+                         batch_size, bn_l1, compute_dtype):
   kwargs = dict(width=width, channels=channels, image_size=image_size, z_dim=z_dim,
                 encoder_widths=widths.get("encoder") if widths else None,
                 decoder_widths=widths.get("decoder") if widths else None)
   model = vae.VAE(**kwargs) if name == "vae" else autoencoder.AutoEncoder(**kwargs)
+  train_model = model.clone(dtype=compute_dtype)   # the training step's passes; the rest fp32
   optimizers = {"all": _adam(optimizer)}
   dummy = jnp.zeros((1, image_size, image_size, channels))
 
-  def forward(params, batch_stats, x, key, train):
+  def forward(params, batch_stats, x, key, train, module=model):
+    """The model's outputs (float32, whatever the compute dtype) and BatchNorm statistics."""
     variables = {"params": params, "batch_stats": batch_stats}
     if train:
-      out, new = model.apply(variables, x, key, train=True, mutable=["batch_stats"])
-      return out, new["batch_stats"]
-    return model.apply(variables, x, key, train=False), batch_stats
+      out, new = module.apply(variables, x, key, train=True, mutable=["batch_stats"])
+      return to_float32(out), new["batch_stats"]
+    return to_float32(module.apply(variables, x, key, train=False)), batch_stats
 
-  def loss_fn(params, batch_stats, x, key, train=True):
-    out, stats = forward(params, batch_stats, x, key, train)
+  def loss_fn(params, batch_stats, x, key, train=True, module=model):
+    out, stats = forward(params, batch_stats, x, key, train, module)
     if name == "vae":
       recon, mean, logvar = out
       loss, aux = objectives.vae_loss(x, recon, mean, logvar, beta=beta)
@@ -248,7 +262,7 @@ def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, op
     return loss, (stats, aux)
 
   def train_loss_fn(params, batch_stats, x, key):
-    loss, aux = loss_fn(params, batch_stats, x, key)
+    loss, aux = loss_fn(params, batch_stats, x, key, module=train_model)
     for part, weight in bn_l1.items():
       if weight:
         loss = loss + bn_l1_penalty(params[part], weight)
@@ -296,7 +310,7 @@ def _autoencoding_family(name, *, channels, image_size, width, z_dim, widths, op
 def make_family(name: str, *, channels: int, image_size: int, width: int, z_dim: int,
                 optimizer: dict, batch_size: int, loss_kind: str = "bce", beta: float = 4.0,
                 widths: dict | None = None,
-                bn_l1: float | Mapping[str, float] = 0.0) -> Family:
+                bn_l1: float | Mapping[str, float] = 0.0, precision: str = "fp32") -> Family:
   """Builds a family's pure functions.
 
   Args:
@@ -314,17 +328,26 @@ def make_family(name: str, *, channels: int, image_size: int, width: int, z_dim:
       added to the training loss that updates that part (GAN: D's loss for D's BNs, G's loss for
       G's BNs; AE/VAE: the one loss). One λ for every part or ``{part: λ}``; 0 adds nothing.
       Reported losses include the penalty.
+    precision: the training step's compute dtype, a key of :data:`PRECISIONS`. 'bf16' is mixed
+      precision: forward and backward passes in bfloat16; params, gradients, optimizer state,
+      BatchNorm statistics (flax reduces in fp32) and losses in fp32, so masked entries stay
+      exactly 0 and no loss scaling is needed (bfloat16 has fp32's exponent range). Scoring
+      (SNIP, GraSP, SynFlow), sampling and reconstructions for evaluation run in fp32.
   """
   if name not in FAMILIES:
     raise ValueError(f"unknown model family {name!r}; expected one of {FAMILIES}")
   l1 = _bn_l1_weights(bn_l1, PARTS[name])
+  if precision not in PRECISIONS:
+    raise ValueError(f"unknown train.precision {precision!r}; expected one of "
+                     f"{tuple(PRECISIONS)}")
+  compute_dtype = PRECISIONS[precision]
   if name == "dcgan":
     return _gan_family(channels=channels, image_size=image_size, width=width, z_dim=z_dim,
                        widths=widths, optimizer=optimizer, loss_kind=loss_kind,
-                       batch_size=batch_size, bn_l1=l1)
+                       batch_size=batch_size, bn_l1=l1, compute_dtype=compute_dtype)
   return _autoencoding_family(name, channels=channels, image_size=image_size, width=width,
                               z_dim=z_dim, widths=widths, optimizer=optimizer, beta=beta,
-                              batch_size=batch_size, bn_l1=l1)
+                              batch_size=batch_size, bn_l1=l1, compute_dtype=compute_dtype)
 
 
 LOOPS = ("auto", "unrolled", "rolled")

@@ -186,6 +186,7 @@ def _train(config) -> None:
                          ("log_every", 0), ("checkpoint_every", 0)):
     _int(config, "train." + field, minimum)
   _choice(config, "train.loop", steps_lib.LOOPS)
+  _choice(config, "train.precision", tuple(steps_lib.PRECISIONS))
   _section(config, "train.optimizer", configs.get_config(config.family).train.optimizer)
   _number(config, "train.optimizer.lr", lambda x: x > 0, "> 0")
   for field in ("b1", "b2"):
