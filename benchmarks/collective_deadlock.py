@@ -92,7 +92,8 @@ def child(scenario: str, path: str, calls: int, evidence: bool) -> None:
             jax.device_put(images, NamedSharding(runner.mesh, P())),
             on_mesh([jax.random.key_data(k) for k in keys]))
     # pylint: disable-next=protected-access
-    step = runner._compiled(1, padded // runner.num_shards, jax.random.key_impl(keys[0]))
+    step = runner._compiled(1, padded // runner.num_shards, jax.random.key_impl(keys[0]),
+                            runner.execution)
     print(f"EVIDENCE library: the train step program (data_parallel=1): "
           f"{found(step.lower(*args).compile().as_text())}; results leave the mesh by "
           "jax.device_get (no program)", flush=True)

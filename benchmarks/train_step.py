@@ -234,13 +234,19 @@ def jax_to_torch(torch, params, masks, gen, disc):
 
 
 class TorchRunner:
-  """The PyTorch step (authors' style); ``masked`` re-masks after each optimizer step."""
+  """The PyTorch step (authors' style); ``masked`` re-masks after each optimizer step.
+
+  ``device``: a torch device name ('cpu', 'cuda'); models, masks, data and random numbers live
+  there, and timings wait for the device (``torch.cuda.synchronize``).
+  """
 
   def __init__(self, torch, width, params, masks, images_nhwc, *, masked: bool,
-               compile_models: bool, threads: int | None = None):
-    self.torch, self.threads = torch, threads
+               compile_models: bool, threads: int | None = None, device: str = "cpu"):
+    self.torch, self.threads, self.device = torch, threads, device
     gen, disc = torch_models(torch, width)
     pairs = jax_to_torch(torch, params, masks, gen, disc)
+    gen, disc = gen.to(device), disc.to(device)
+    pairs = [(p, m.to(device)) for p, m in pairs]
     self.g_masks = [(p, m) for p, m in pairs if any(p is q for q in gen.parameters())]
     self.d_masks = [(p, m) for p, m in pairs if any(p is q for q in disc.parameters())]
     if not masked:
@@ -250,18 +256,19 @@ class TorchRunner:
     self.gen, self.disc = ((torch.compile(gen), torch.compile(disc)) if compile_models
                            else (gen, disc))
     self.images = torch.from_numpy(np.ascontiguousarray(np.array(images_nhwc)
-                                                        .transpose(0, 3, 1, 2)))
+                                                        .transpose(0, 3, 1, 2))).to(device)
     self.loss = torch.nn.BCEWithLogitsLoss()
-    self.ones = torch.ones(BATCH)
-    self.zeros = torch.zeros(BATCH)
-    self.generator = torch.Generator().manual_seed(0)
+    self.ones = torch.ones(BATCH, device=device)
+    self.zeros = torch.zeros(BATCH, device=device)
+    self.generator = torch.Generator(device=device).manual_seed(0)
     self.run(2)
 
   def step(self):
     torch = self.torch
-    idx = torch.randint(self.images.shape[0], (BATCH,), generator=self.generator)
+    idx = torch.randint(self.images.shape[0], (BATCH,), generator=self.generator,
+                        device=self.device)
     real = self.images[idx].float() * (2.0 / 255.0) - 1.0
-    z = torch.randn(BATCH, Z_DIM, generator=self.generator)
+    z = torch.randn(BATCH, Z_DIM, generator=self.generator, device=self.device)
     fake = self.gen(z)
     self.opt_d.zero_grad(set_to_none=True)
     d_loss = (self.loss(self.disc(real), self.ones)
@@ -283,11 +290,14 @@ class TorchRunner:
     """(wall, process CPU) seconds per step, after one untimed step."""
     default_threads = self.torch.get_num_threads()
     self.torch.set_num_threads(self.threads or default_threads)
+    sync = self.torch.cuda.synchronize if self.device.startswith("cuda") else lambda: None
     try:
       self.step()
+      sync()
       start, cpu = time.perf_counter(), time.process_time()
       for _ in range(n_steps):
         self.step()
+      sync()
       return (time.perf_counter() - start) / n_steps, (time.process_time() - cpu) / n_steps
     finally:
       self.torch.set_num_threads(default_threads)

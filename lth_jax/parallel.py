@@ -12,8 +12,9 @@ one of three executions:
   (:func:`lth_jax.layers.conv_formulation`), so each layer of all T tickets is one batched
   matrix product.
 
-Which is fastest depends on the backend; ``execution='auto'`` picks by the measurement in
-BENCHMARKS.md (:func:`resolve_execution`). T not divisible by the ``ticket`` axis size is padded
+Which is fastest depends on the backend and the model; ``execution='auto'`` is 'sequential' on
+CPU (measured, BENCHMARKS.md) and ``'tune'`` on GPU/TPU: the runner times each execution on the
+group's first call and keeps the fastest (:func:`resolve_execution`). T not divisible by the ``ticket`` axis size is padded
 with copies of the last ticket, whose results are dropped.
 
 The host never waits for a call before dispatching the next: each call's metrics are fetched
@@ -55,12 +56,14 @@ Example::
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -70,23 +73,24 @@ from lth_jax import steps as steps_lib
 
 PyTree = Any
 AXES = ("ticket", "data")
-EXECUTIONS = ("auto", "sequential", "vmap", "batched")
+EXECUTIONS = ("auto", "sequential", "vmap", "batched", "tune")
+CANDIDATES = ("sequential", "vmap", "batched")     # what 'tune' chooses from
 
 
 def resolve_execution(execution: str, platform: str | None = None) -> str:
   """The execution of ``execution`` on ``platform`` (default: JAX's backend).
 
   'auto' is 'sequential' on CPU: measured here (benchmarks/accelerator.py, BENCHMARKS.md),
-  vmapped DCGAN tickets cost more than the same tickets one after another, in either
-  formulation. On GPU/TPU it is 'batched': one batched matrix product per layer for all tickets
-  instead of T launches of small kernels (on an H200, 'vmap' with grouped convolutions was slower
-  than 'sequential', and 'sequential' scaled linearly in T).
+  vmapped DCGAN tickets cost more than the same tickets one after another (2.3x with grouped
+  convolutions, ~20x as patches times kernels). On GPU/TPU it is 'tune': which one wins there
+  depends on the model's sizes and the chip (on an H200, 'vmap' was slower than 'sequential'
+  and 'sequential' scaled linearly in T; 'batched' was written for it), so the runner measures.
   """
   if execution not in EXECUTIONS:
     raise ValueError(f"unknown tickets.execution {execution!r}; expected one of {EXECUTIONS}")
   if execution != "auto":
     return execution
-  return "sequential" if (platform or jax.default_backend()) == "cpu" else "batched"
+  return "sequential" if (platform or jax.default_backend()) == "cpu" else "tune"
 
 
 def make_mesh(*, data_parallel: int = 1, devices: Sequence[jax.Device] | None = None
@@ -188,7 +192,11 @@ class TicketRunner:
   Args:
     family: the family whose ``train_step`` every ticket runs.
     mesh: a ``('ticket', 'data')`` mesh (see :func:`make_mesh`).
-    execution: 'sequential' | 'vmap' | 'batched' | 'auto' (per-device block of tickets).
+    execution: 'sequential' | 'vmap' | 'batched' | 'tune' | 'auto' (per-device block of
+      tickets). 'tune' times each of :data:`CANDIDATES` for two calls on the first group of
+      each size and keeps the fastest (logged; :attr:`tuned`); the timing calls' results are
+      discarded, so the run's results are those of the chosen execution. In a multi-process
+      run process 0's choice is used everywhere.
     steps_per_call: steps fused into one call.
     loop: how a call's steps run: 'unrolled' | 'rolled' | 'auto' (per backend,
       :func:`lth_jax.steps.resolve_loop`).
@@ -209,6 +217,7 @@ class TicketRunner:
     self.family = family
     self.mesh = mesh
     self.execution = resolve_execution(execution, mesh.devices.flat[0].platform)
+    self.tuned: dict[int, dict] = {}     # tickets -> {'choice': ..., execution: s per step}
     self.steps_per_call = steps_per_call
     self.loop = steps_lib.resolve_loop(loop, mesh.devices.flat[0].platform)
     self.multiprocess = len({d.process_index for d in mesh.devices.flat}) > 1
@@ -226,24 +235,51 @@ class TicketRunner:
     """The process that trains each of ``num_tickets`` tickets (see :func:`owners`)."""
     return owners(self.mesh, num_tickets)
 
-  def _single_device_loop(self) -> bool:
-    return self.mesh.devices.size == 1 and self.execution == "sequential"
+  def _calls(self, execution, states, masks, images, run_keys):
+    """``(call, fetch, carry)`` of ``execution`` for this group (see :meth:`_stacked_calls`)."""
+    if self.mesh.devices.size == 1 and execution == "sequential":
+      return self._one_device_calls(states, masks, images, run_keys)
+    return self._stacked_calls(execution, states, masks, images, run_keys)
 
-  def _compiled(self, n: int, block: int, impl) -> Callable:
+  def _execution_for(self, states, masks, images, run_keys) -> str:
+    """The execution for a group of ``len(states)`` tickets ('tune': measured once per size)."""
+    if self.execution != "tune":
+      return self.execution
+    t = len(states)
+    if t not in self.tuned:
+      timings = {}
+      for execution in CANDIDATES:
+        call, fetch, carry = self._calls(execution, states, masks, images, run_keys)
+        carry, metrics = call(self.steps_per_call, carry)      # compiles
+        fetch(metrics)
+        start = time.perf_counter()
+        carry, metrics = call(self.steps_per_call, carry)
+        fetch(metrics)
+        timings[execution] = (time.perf_counter() - start) / self.steps_per_call
+      choice = min(timings, key=timings.get)
+      if self.multiprocess:      # every process must run the same program
+        index = multihost_utils.broadcast_one_to_all(np.int32(CANDIDATES.index(choice)))
+        choice = CANDIDATES[int(index)]
+      self.tuned[t] = {"choice": choice, **timings}
+      logging.info("tickets.execution='tune' for %d tickets: %s (s per step: %s)", t, choice,
+                   ", ".join(f"{k} {v:.4f}" for k, v in timings.items()))
+    return self.tuned[t]["choice"]
+
+  def _compiled(self, n: int, block: int, impl, execution: str) -> Callable:
     """Jitted ``(states, masks, images, key_data) -> (states, metrics)`` over stacked tickets.
 
     With ``data`` of size 1 the program has no collective at all: tickets are independent (and
     clear of XLA CPU's collective deadlock, see :func:`cpu_collective_deadlock_risk`).
     """
-    key = (n, block, str(impl))
+    key = (n, block, str(impl), execution)
     if key in self._fns:
       return self._fns[key]
     one = steps_lib.multi_step(self.family, n, self.loop)
 
     def block_fn(states, masks, images, key_data):
       keys = jax.random.wrap_key_data(key_data, impl=impl)
-      if self.execution in ("vmap", "batched"):
-        with layers.conv_formulation("patches" if self.execution == "batched" else "xla"):
+      if execution in ("vmap", "batched"):
+        with layers.conv_formulation("patches" if execution == "batched" else "xla"):
           states, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(states, masks, images, keys)
       else:
         # Barriers around each ticket keep slicing and stacking out of its fusions: XLA then
@@ -333,10 +369,8 @@ class TicketRunner:
       raise ValueError(f"tickets trained together must start at the same step, got {steps}")
     step = steps.pop()
     t = len(states)
-    if self._single_device_loop():
-      call, fetch, carry = self._one_device_calls(states, masks, images, run_keys)
-    else:
-      call, fetch, carry = self._stacked_calls(states, masks, images, run_keys)
+    execution = self._execution_for(states, masks, images, run_keys)
+    call, fetch, carry = self._calls(execution, states, masks, images, run_keys)
     pending = None      # (step, device metrics) of the last call, fetched after the next dispatch
 
     def settle():
@@ -373,7 +407,7 @@ class TicketRunner:
       return unstack(carry)[:t]
     return unstack(self._to_host(carry))[:t]
 
-  def _stacked_calls(self, states, masks, images, run_keys):
+  def _stacked_calls(self, execution, states, masks, images, run_keys):
     """``(call, fetch, carry)``: every ticket stacked, padded, placed on the mesh; one program.
 
     ``call(n, carry) -> (carry, device metrics)`` dispatches ``n`` steps; ``fetch(device
@@ -389,7 +423,7 @@ class TicketRunner:
     images = self._place(images, P())
 
     def call(n, carry):
-      fn = self._compiled(n, padded // self.num_shards, impl)
+      fn = self._compiled(n, padded // self.num_shards, impl, execution)
       return fn(carry, stacked_masks, images, keys)
 
     def fetch(metrics):

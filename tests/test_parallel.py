@@ -96,7 +96,8 @@ def _batch_shapes(runner, t):
           runner._place(images(), parallel.P()),
           runner._place(runner._stack([jax.random.key_data(k) for k in pad(keys)]),
                         parallel.P("ticket")))
-  fn = runner._compiled(1, padded // runner.num_shards, jax.random.key_impl(keys[0]))
+  fn = runner._compiled(1, padded // runner.num_shards, jax.random.key_impl(keys[0]),
+                        runner.execution)
   text = fn.lower(*args).compile().as_text()
   return sorted({int(b) for b in re.findall(r"f32\[(\d+),32,32,1\]", text)})
 
@@ -314,7 +315,7 @@ def test_cpu_collective_deadlock_risk():
 
 
 @pytest.mark.parametrize("execution,platform,expected", [
-    ("auto", "cpu", "sequential"), ("auto", "gpu", "batched"), ("auto", "tpu", "batched"),
+    ("auto", "cpu", "sequential"), ("auto", "gpu", "tune"), ("auto", "tpu", "tune"),
     ("vmap", "cpu", "vmap"), ("sequential", "tpu", "sequential")])
 def test_resolve_execution(execution, platform, expected):
   assert parallel.resolve_execution(execution, platform) == expected
@@ -334,6 +335,24 @@ def test_batched_rolled_tickets_match_each_alone_and_report_every_call():
   assert chunks == [(STEPS, 2), (2 * STEPS, 2)]
   for i, alone in enumerate(run_alone(fam, 2, until=2 * STEPS)):
     np.testing.assert_allclose(flat(out[i]), alone, rtol=1e-4, atol=1e-5)
+
+
+def test_tune_measures_every_execution_and_keeps_the_fastest():
+  """'tune' (the GPU/TPU default) times the candidates once per group size; the group's results
+  are those of the chosen execution (the timing calls are thrown away)."""
+  runner = parallel.TicketRunner(family("ae"),
+                                 mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+                                 execution="tune")
+  states, tree, keys = tickets("ae", 2)
+  out = runner.train(states, tree, images(), keys, until_step=2)
+  tuned = runner.tuned[2]
+  assert set(tuned) == {"choice", *parallel.CANDIDATES}
+  assert tuned["choice"] == min(parallel.CANDIDATES, key=tuned.get)
+  assert [int(s.step) for s in out] == [2, 2]
+  for i, alone in enumerate(run_alone(family("ae"), 2, until=2)):
+    np.testing.assert_allclose(flat(out[i]), alone, rtol=1e-4, atol=1e-5)
+  runner.train(states, tree, images(), keys, until_step=1)
+  assert list(runner.tuned) == [2]          # measured once per size
 
 
 # ------------------------------------------------------------- tests on the workers' results

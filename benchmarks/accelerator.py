@@ -1,0 +1,203 @@
+"""Tickets at accelerator speed: one run, side-by-side ratios on whatever backend JAX finds.
+
+A masked DCGAN G+D step (batch 64, 32x32x1 uint8 random images, z_dim 100, Adam, ~50% sparse
+masks with the paper's exclusions; the model of ``benchmarks/train_step.py``), measured four ways
+in one process, after warm-up (compilation and one call), medians of ``--repeats`` timings:
+
+1. **Stacked tickets.** T = 1, 2, 4, 8, 16 tickets (own seeds, masks, keys) through
+   ``parallel.TicketRunner`` on one device, for each execution ('sequential', 'vmap',
+   'batched') with the backend's default loop and ``--steps_per_call``. Ratio: tickets/hour
+   over one ticket at a time (``T * t(1 ticket, sequential) / t(T tickets)``); above 1, the
+   group beats training its tickets one after another. The mode 'auto' picks is marked.
+2. **Fused steps.** One ticket, ``steps.jit_multi_step`` with n steps per call, unrolled and
+   rolled (``lax.scan``): steps/s over n = 1.
+3. **Mixed precision.** One ticket, ``train.precision`` 'bf16' vs 'fp32' (steps/s ratio).
+4. **PyTorch eager** (the authors' style: ``param.data.mul_(mask)`` after each step), the same
+   model and initial weights on the same device, if torch is installed (``.[bench]``; the GPU
+   image has it): lth_jax's fastest one-ticket setting over torch's step time.
+
+Defaults follow the backend: width 64, T up to 16, 10 steps per call and fused n = 1, 10, 50 on
+GPU/TPU; width 32, T up to 4, 1 step per call and n = 1, 4 on CPU (a CPU run takes ~10-15
+minutes on 2 cores). Run::
+
+  .venv/bin/python benchmarks/accelerator.py                 # CPU here
+  source .device/env.sh && python benchmarks/accelerator.py  # on the GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as bench  # noqa: E402  (the shared DCGAN setup and the PyTorch model)
+
+from lth_jax import masks as masks_lib  # noqa: E402
+from lth_jax import parallel, pruning, steps  # noqa: E402
+
+HORIZON = 5000    # steps of one DCGAN ticket, for tickets/hour
+
+
+def family(width: int, precision: str = "fp32") -> steps.Family:
+  return steps.make_family("dcgan", channels=bench.CHANNELS, image_size=bench.IMAGE, width=width,
+                           z_dim=bench.Z_DIM, optimizer=bench.OPTIMIZER, batch_size=bench.BATCH,
+                           precision=precision)
+
+
+def tickets(fam: steps.Family, t: int):
+  """t tickets: seed i, a 50%-sparse magnitude mask, run key 1000 + i."""
+  states, masks, keys = [], [], []
+  for i in range(t):
+    state = fam.init(jax.random.key(i))
+    dense = steps.dense_masks(fam, state.params, {p: True for p in fam.parts}, bench.EXCLUDE)
+    m = pruning.magnitude(state.params, dense, bench.SPARSITY)
+    states.append(state._replace(params=masks_lib.apply(state.params, m)))
+    masks.append(m)
+    keys.append(jax.random.key(1000 + i))
+  return states, masks, keys
+
+
+def time_runner(runner, states, masks, images, keys, steps_per_timing, repeats):
+  """(median seconds per group step, seconds of the warm-up call incl. compilation)."""
+  start = time.perf_counter()
+  current = runner.train(states, masks, images, keys, until_step=runner.steps_per_call)
+  jax.block_until_ready(current)
+  warmup = time.perf_counter() - start
+  step, times = runner.steps_per_call, []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    current = runner.train(current, masks, images, keys, until_step=step + steps_per_timing)
+    jax.block_until_ready(current)
+    times.append((time.perf_counter() - start) / steps_per_timing)
+    step += steps_per_timing
+  return statistics.median(times), warmup
+
+
+def time_fn(fn, state, masks, images, n, steps_per_timing, repeats):
+  """Median seconds per step of a jitted ``multi_step`` of n steps (state donated)."""
+  key = jax.random.key(1)
+  state = jax.tree.map(jnp.copy, state)
+  state, metrics = fn(state, masks, images, key)
+  jax.block_until_ready((state, metrics))
+  calls = max(1, steps_per_timing // n)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      state, metrics = fn(state, masks, images, key)
+    jax.block_until_ready((state, metrics))
+    times.append((time.perf_counter() - start) / (calls * n))
+  return statistics.median(times)
+
+
+def main(argv=None) -> None:
+  backend = jax.default_backend()
+  accel = backend != "cpu"
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--width", type=int, default=64 if accel else 32)
+  parser.add_argument("--tickets", default="1,2,4,8,16" if accel else "1,2,4")
+  parser.add_argument("--executions", default="sequential,vmap,batched")
+  parser.add_argument("--steps_per_call", type=int, default=10 if accel else 1)
+  parser.add_argument("--fused", default="1,10,50" if accel else "1,4")
+  parser.add_argument("--steps", type=int, default=100 if accel else 4,
+                      help="steps per timing")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--no_torch", action="store_true")
+  args = parser.parse_args(argv)
+  counts = [int(t) for t in args.tickets.split(",")]
+  executions = args.executions.split(",")
+  device = jax.devices()[0]
+  print(f"# lth_jax on {backend}: {device.device_kind} ({jax.device_count()} device(s)); "
+        f"jax {jax.__version__}; {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.2f}")
+  print(f"DCGAN width {args.width}, batch {bench.BATCH}, sparsity {bench.SPARSITY}; "
+        f"{args.steps} steps per timing, median of {args.repeats}")
+  fam = family(args.width)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (bench.N_IMAGES, bench.IMAGE, bench.IMAGE,
+                                             bench.CHANNELS), np.uint8))
+  states, masks, keys = tickets(fam, max(counts))
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  auto = parallel.resolve_execution("auto", backend)
+  loop = steps.resolve_loop("auto", backend)
+
+  print(f"\n## 1. Stacked tickets (one device; loop '{loop}', {args.steps_per_call} steps per "
+        f"call; 'auto' = '{auto}')")
+  print("| execution | T | ms / group step | tickets / hour | vs one at a time | warm-up s |")
+  print("|---|---:|---:|---:|---:|---:|")
+  group: dict[tuple[str, int], float] = {}
+  for execution in executions:
+    runner = parallel.TicketRunner(fam, mesh=mesh, execution=execution,
+                                   steps_per_call=args.steps_per_call)
+    for t in counts:
+      per_step, warmup = time_runner(runner, states[:t], masks[:t], images, keys[:t],
+                                     args.steps, args.repeats)
+      group[execution, t] = per_step
+      one = group.get(("sequential", 1), per_step / t)
+      mark = " (auto)" if execution == auto else ""
+      print(f"| {execution}{mark} | {t} | {1e3 * per_step:.1f} | "
+            f"{3600 * t / (per_step * HORIZON):.0f} | {t * one / per_step:.2f}x | {warmup:.0f} |",
+            flush=True)
+
+  print("\n## 2. Fused steps (one ticket, jit_multi_step)")
+  print("| loop | steps per call | ms / step | vs 1 step per call |")
+  print("|---|---:|---:|---:|")
+  fused = [int(n) for n in args.fused.split(",")]
+  single = None
+  best = float("inf")
+  for loop_kind in ("unrolled", "rolled"):
+    for n in fused:
+      if n == 1 and loop_kind == "rolled":
+        continue
+      fn = steps.jit_multi_step(fam, n, loop_kind)
+      per_step = time_fn(fn, states[0], masks[0], images, n, args.steps, args.repeats)
+      single = single or per_step
+      best = min(best, per_step)
+      print(f"| {loop_kind} | {n} | {1e3 * per_step:.2f} | {single / per_step:.2f}x |",
+            flush=True)
+
+  print("\n## 3. Mixed precision (one ticket, 1 step per call)")
+  half = family(args.width, "bf16")
+  t32 = single
+  t16 = time_fn(steps.jit_multi_step(half, 1), states[0], masks[0], images, 1, args.steps,
+                args.repeats)
+  print(f"fp32 {1e3 * t32:.2f} ms/step, bf16 {1e3 * t16:.2f} ms/step: bf16 is "
+        f"{t32 / t16:.2f}x the steps/s of fp32")
+
+  print("\n## 4. PyTorch eager, same model and device")
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    torch = None
+  if args.no_torch or torch is None:
+    print("skipped (torch not installed: pip install -e '.[bench]')" if torch is None
+          else "skipped (--no_torch)")
+  else:
+    torch_device = "cuda" if backend == "gpu" and torch.cuda.is_available() else "cpu"
+    runner = bench.TorchRunner(torch, args.width, jax.device_get(states[0].params),
+                               jax.device_get(masks[0]), jax.device_get(images), masked=True,
+                               compile_models=False, device=torch_device)
+    torch_step = statistics.median(runner.run(args.steps)[0] for _ in range(args.repeats))
+    print(f"torch {torch.__version__} eager on {torch_device}: {1e3 * torch_step:.2f} ms/step; "
+          f"lth_jax's fastest one-ticket setting {1e3 * best:.2f} ms/step: "
+          f"{torch_step / best:.2f}x torch's steps/s")
+
+  print("\n## Ratios")
+  for execution in executions:
+    ratios = ", ".join(f"T={t} {t * group['sequential', 1] / group[execution, t]:.2f}x"
+                       for t in counts if ("sequential", 1) in group)
+    print(f"tickets/hour vs one at a time, {execution}: {ratios}")
+  print(f"fused steps: best {single / best:.2f}x the steps/s of 1 step per call; "
+        f"bf16 {t32 / t16:.2f}x fp32")
+
+
+if __name__ == "__main__":
+  main()
