@@ -79,6 +79,11 @@ class CorruptDataError(ValueError):
   """A source file exists but does not hold what it should (the message names the path)."""
 
 
+class MissingDependencyError(ModuleNotFoundError):
+  """Preparing a data set needs a package that is not installed (the message says which and how
+  to install it); the binaries print it as one line."""
+
+
 class Split(NamedTuple):
   """One split of a data set, whole.
 
@@ -256,7 +261,7 @@ def _tfds_data_source(name: str, split: str, data_dir: epath.Path, download: boo
       # tfds re-raises the import error without its `name`, so ask whether TF is there at all.
       if importlib.util.find_spec('tensorflow') is not None:
         raise
-      raise ModuleNotFoundError(
+      raise MissingDependencyError(
           f"tfds needs TensorFlow to prepare {name!r} (its builder PNG-encodes images with "
           "tf.image). `pip install tensorflow-cpu`, run once with download=True, and uninstall "
           f"it if you like: reading the prepared data needs no TensorFlow. Downloads are kept in "
@@ -316,6 +321,7 @@ def load(name: str,
     ValueError: unknown name, split, source or image_size, or a bad ``limit``.
     DataNotFoundError: the data is not prepared and cannot be built or was not to be downloaded.
     CorruptDataError: an IDX file is damaged (the message names it).
+    MissingDependencyError: tfds needs TensorFlow to prepare the data set (``download=True``).
   """
   _check_name(name)
   if split not in SPLITS:

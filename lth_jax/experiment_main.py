@@ -28,13 +28,17 @@ from absl import logging
 from ml_collections import config_flags
 
 from lth_jax import configs
+from lth_jax import data as data_lib
 from lth_jax import validation
 
 # Flags defined here belong to the calling binary (its --helpshort lists them).
 flags.disclaim_key_flags()
 
-# Errors a user can fix by changing flags or inputs: shown as one message, exit code 2.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+# Errors a user can fix by changing flags or inputs: shown as one message, exit code 2. (The
+# library's own user errors subclass these: Inception weights errors are ValueErrors, a missing
+# TensorFlow for tfds is data.MissingDependencyError.)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError,
+               data_lib.MissingDependencyError)
 _OVERRIDE_RE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 _HELP_RE = re.compile(r"^--?(\?|h|help|helpshort|helpfull|helpxml)$")
 

@@ -133,7 +133,8 @@ def inception_feature_extractor(weights_path: str | os.PathLike, *,
     A :class:`FeatureExtractor` named ``'inception'``.
 
   Raises:
-    FileNotFoundError, ImportError, KeyError, ValueError: see
+    FileNotFoundError, ValueError (``inception.WeightsFileError``, also a ``KeyError`` or
+      ``ImportError`` where the file lacks a key or needs torch): see
       :func:`lth_jax.models.inception.load_variables`.
   """
   variables = jax.device_put(inception_lib.load_variables(weights_path))
@@ -255,6 +256,26 @@ def _atomic_write(path: str, data: bytes) -> None:
     raise
 
 
+def _classifier_identity(cfg: Mapping[str, Any], image_shape: list[int], num_classes: int) -> dict:
+  return {"format": _CLASSIFIER_CACHE_FORMAT, "config": dict(cfg), "image_shape": image_shape,
+          "num_classes": num_classes}
+
+
+def classifier_cache_path(dataset_name: str, *, image_shape: tuple[int, ...] | list[int],
+                          num_classes: int, cache_dir: str | os.PathLike,
+                          config: Mapping[str, Any] | None = None) -> str:
+  """The weights file :func:`classifier_feature_extractor` caches a classifier in (its JSON
+  record is next to it, ``.json``): ``{cache_dir}/{dataset_name}_clf-{hash}.msgpack``, ``hash``
+  covering the training config (:data:`DEFAULT_CLASSIFIER_CONFIG` with ``config``'s overrides),
+  the image shape ``[H, W, C]`` and the class count; ``~`` in ``cache_dir`` is expanded. Whether
+  it exists says whether that classifier must still be trained."""
+  cfg = {**DEFAULT_CLASSIFIER_CONFIG, **(config or {})}
+  identity = _classifier_identity(cfg, [int(d) for d in image_shape], int(num_classes))
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+  return os.path.join(os.path.expanduser(os.fspath(cache_dir)),
+                      f"{dataset_name}_clf-{digest}.msgpack")
+
+
 def classifier_feature_extractor(dataset_name: str, train_images: np.ndarray,
                                  train_labels: np.ndarray, test_images: np.ndarray,
                                  test_labels: np.ndarray, *, cache_dir: str | os.PathLike,
@@ -295,13 +316,12 @@ def classifier_feature_extractor(dataset_name: str, train_images: np.ndarray,
   _check_dataset(test_images, test_labels, "test")
   num_classes = _num_classes(train_labels, test_labels)
   image_shape = list(train_images.shape[1:])
-  identity = {"format": _CLASSIFIER_CACHE_FORMAT, "config": cfg, "image_shape": image_shape,
-              "num_classes": num_classes}
-  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+  identity = _classifier_identity(cfg, image_shape, num_classes)
   name = f"{dataset_name}_clf"
   cache_dir = os.path.expanduser(os.fspath(cache_dir))
-  stem = os.path.join(cache_dir, f"{name}-{digest}")
-  weights_path, record_path = stem + ".msgpack", stem + ".json"
+  weights_path = classifier_cache_path(dataset_name, image_shape=image_shape,
+                                       num_classes=num_classes, cache_dir=cache_dir, config=cfg)
+  record_path = weights_path[:-len(".msgpack")] + ".json"
 
   model = classifier_lib.Classifier(num_classes=num_classes, width=cfg["width"],
                                     feature_dim=cfg["feature_dim"])

@@ -18,7 +18,10 @@
   evaluation by the owning process, ``done.json``.
 
 Multi-process (``jax.distributed``, see ``experiment_main``): the mesh spans every process's
-devices and the workdir must be shared (NFS, GCS). Every process runs the same code on the same
+devices and the workdir must be one directory every process sees as a local path (NFS, or a
+bucket mounted as a file system, e.g. with gcsfuse): the JSON, mask, report and metric files are
+written with Python's ``open()`` and ``os`` calls, so a ``gs://`` workdir does not work (the data,
+``data.data_dir``, may be on GCS). Every process runs the same code on the same
 runs: each builds every run's starting state (deterministic), trains its own share of the tickets
 inside the one SPMD program and evaluates the tickets it trained (``TicketRunner.owners``), writing
 their ``masks.npz`` and ``metrics.json``. Orbax saves (θ₀, θ_k, trained weights, in-level

@@ -5,21 +5,31 @@ its type, its range and its relation to other fields, section by section in conf
 ``train.steps`` is blamed before the ``lottery.rewind_step`` that must come before it). The first
 problem raises :class:`ConfigError` with one message naming the field. Sections of other binaries
 are ignored, so the full ``configs.get_config(...)`` of a notebook passes too.
+
+Beyond the fields themselves, the checks look at what a run would meet first: ``prune.exclude``
+against the model's layers (their shapes from ``jax.eval_shape``: nothing is compiled and no JAX
+backend is started, so ``jax.distributed.initialize`` may follow), the Inception weights file's
+format, and whether a small ``data.limit`` can train the feature classifier (or it is cached).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 import os
 import re
 from collections.abc import Callable, Sequence
 
+import jax
 import ml_collections
 
 from lth_jax import branches as branches_lib
 from lth_jax import configs
 from lth_jax import data as data_lib
+from lth_jax import feature_spaces
+from lth_jax import masks as masks_lib
+from lth_jax import metrics
 from lth_jax import objectives
 from lth_jax import parallel
 from lth_jax import pruning
@@ -197,19 +207,61 @@ def _train(config) -> None:
 def _eval(config, family: str) -> None:
   space = _choice(config, "eval.feature_space", configs.FEATURE_SPACES)
   weights = _typed(config, "eval.inception_weights", str)
-  if space == "inception" and not weights:
-    raise ConfigError("eval.feature_space='inception' needs eval.inception_weights: the path of "
-                      "the standard FID Inception weights (pt_inception-2015-12-05-6726825d.pth or "
-                      "its .npz conversion); or use eval.feature_space='classifier'")
-  if space == "inception" and not os.path.isfile(os.path.expanduser(weights)):
-    raise ConfigError(f"eval.inception_weights={weights!r} is not a file")
-  _int(config, "eval.num_samples", 2)   # FID needs a covariance
-  _int(config, "eval.num_test", 2)
+  if space == "inception":
+    _inception_weights(weights)
+  # Evaluator.from_config needs the Inception Score's splits (every family builds it).
+  samples = _int(config, "eval.num_samples")
+  if samples < metrics.IS_SPLITS:
+    raise ConfigError(f"eval.num_samples must be >= {metrics.IS_SPLITS} (the Inception Score's "
+                      f"{metrics.IS_SPLITS} splits), got {samples}")
+  _int(config, "eval.num_test", 2)   # FID needs a covariance
   _int(config, "eval.batch_size", 1)
   # The AE's grid is half test images, half their reconstructions.
   _int(config, "eval.grid_size", 2 if family == "ae" else 1)
   _int(config, "eval.classifier_steps", 1)
   _typed(config, "eval.cache_dir", str)
+  if space == "classifier":
+    _classifier_data(config)
+
+
+def _inception_weights(weights: str) -> None:
+  """``eval.inception_weights`` is a file the loader can read (``inception.load_variables``);
+  whether it holds the right keys is known only once it is read, when the run starts."""
+  if not weights:
+    raise ConfigError("eval.feature_space='inception' needs eval.inception_weights: the path of "
+                      "the standard FID Inception weights (pt_inception-2015-12-05-6726825d.pth or "
+                      "its .npz conversion); or use eval.feature_space='classifier'")
+  if not os.path.isfile(os.path.expanduser(weights)):
+    raise ConfigError(f"eval.inception_weights={weights!r} is not a file")
+  if not weights.endswith((".pth", ".pt", ".npz")):
+    raise ConfigError(f"eval.inception_weights={weights!r} is neither a pytorch-fid .pth state "
+                      f"dict nor its .npz conversion (the name must end in .pth, .pt or .npz)")
+  if weights.endswith((".pth", ".pt")) and importlib.util.find_spec("torch") is None:
+    raise ConfigError(f"eval.inception_weights={weights!r} is a PyTorch file and torch is not "
+                      f"installed: pip install torch, or convert the file to .npz once where torch "
+                      f"is (one line, see lth_jax/models/inception.py) and pass the .npz path")
+
+
+def _classifier_data(config) -> None:
+  """With ``data.limit`` below the feature classifier's batch, the classifier cannot be trained:
+  refused unless it is already cached (the path ``feature_spaces.classifier_feature_extractor``
+  would load, for the data set's class count)."""
+  batch = feature_spaces.DEFAULT_CLASSIFIER_CONFIG["batch_size"]
+  limit = config.data.limit
+  if not 0 < limit < batch:
+    return
+  from lth_jax import evaluation  # pylint: disable=import-outside-toplevel  # heavy imports
+  name = config.data.name
+  cache_dir = os.path.join(config.eval.cache_dir or evaluation.default_cache_dir(), "classifiers")
+  path = feature_spaces.classifier_cache_path(
+      evaluation.SHORT_NAMES.get(name, name),
+      image_shape=(config.data.image_size, config.data.image_size, data_lib.num_channels(name)),
+      num_classes=data_lib.num_classes(name), cache_dir=cache_dir,
+      config={"steps": config.eval.classifier_steps})
+  if not (os.path.isfile(path) and os.path.isfile(path[:-len(".msgpack")] + ".json")):
+    raise ConfigError(f"data.limit={limit} leaves {limit} training images, fewer than the feature "
+                      f"classifier's batch of {batch} (eval.feature_space='classifier', not cached "
+                      f"in {cache_dir}); set data.limit >= {batch} or 0 (the whole split)")
 
 
 def _prune(config, family: str, prunes: bool) -> list[str]:
@@ -227,12 +279,46 @@ def _prune(config, family: str, prunes: bool) -> list[str]:
   pruned = [p for p, on in switches.items() if on]
   if prunes and not pruned:
     raise ConfigError(f"prune.parts switches every part off: {dict(switches)}")
-  for entry in _strings(config, "prune.exclude"):
+  exclude = _strings(config, "prune.exclude")
+  for entry in exclude:
     if entry.split("/", 1)[0] not in parts:
       raise ConfigError(f"prune.exclude entry {entry!r} is not a layer path of {family} "
                         f"('<part>/<layer>', parts: {parts})")
+  kernels = _kernel_paths(config)
+  covers = lambda path, entry: path == entry or path.startswith(entry + "/")
+  for entry in exclude:
+    if not any(covers(path, entry) for path in kernels):
+      layers = ", ".join(sorted({path.rsplit("/", 1)[0] for path in kernels}))
+      hint = (" (a comma list on the command line is one string: quote each entry, "
+              "\"--config.prune.exclude='a/b','c/d'\")" if "," in entry else "")
+      raise ConfigError(f"prune.exclude entry {entry!r} matches no layer of {family}{hint}; "
+                        f"its layers: {layers}")
+  if not any(switches.get(path.split("/", 1)[0], False)
+             and not any(covers(path, entry) for entry in exclude) for path in kernels):
+    raise ConfigError(f"prune.parts and prune.exclude leave nothing to prune: pruned parts "
+                      f"{pruned}, exclude {list(exclude)}; switch a part on or exclude fewer "
+                      f"layers")
   _choice(config, "prune.scope", pruning.SCOPES)
   return pruned
+
+
+# Kernel paths per architecture (see _kernel_paths).
+_KERNELS: dict[tuple, tuple[str, ...]] = {}
+
+
+def _kernel_paths(config) -> tuple[str, ...]:
+  """Paths of the model's kernels (params of >= 2 dims, the leaves ``steps.dense_masks`` can
+  prune), from ``jax.eval_shape`` of the family's init: no compilation, and no JAX backend is
+  started (``jax.distributed.initialize`` comes after the checks)."""
+  key = (config.family, config.data.name, config.data.image_size, config.model.width,
+         config.model.z_dim, config.loss.kind, config.train.precision)
+  if key not in _KERNELS:
+    from lth_jax import runs  # pylint: disable=import-outside-toplevel  # heavy imports
+    # Built inside the trace: the family's constants and the key stay abstract.
+    state = jax.eval_shape(lambda: runs.family_from_config(config).init(jax.random.key(0)))
+    _KERNELS[key] = tuple(path for path, leaf in masks_lib.leaves_with_paths(state.params)
+                          if len(leaf.shape) >= 2)
+  return _KERNELS[key]
 
 
 def _tickets(config) -> None:

@@ -30,6 +30,8 @@ CASES = {
         (["--config=ae_fmnist.py:smoke", "--config.lottery.levels=3"],
          "lottery.levels is not read by train"),
         (["--config=dcgan_cifar10.py:smoke"], "needs eval.inception_weights"),
+        (["--config=ae_fmnist.py:smoke", "--config.data.limit=64",
+          "--config.eval.cache_dir={tmp}/cache"], "data.limit=64 leaves 64 training images"),
     ],
     "find_tickets": [
         (["--config=ae_fmnist.py:smoke", "--config.train.steps=-5"],
@@ -42,6 +44,9 @@ CASES = {
         (["--config=ae_fmnist.py:smoke", "--config.family=wgan"], "unknown model family 'wgan'"),
         (["--config=ae_fmnist.py:smoke", "stray"], "unexpected argument(s) ['stray']"),
         (["--config={tmp}/no_get_config.py"], "defines no get_config()"),
+        (["--config=dcgan_fmnist.py:smoke",
+          "--config.prune.exclude=generator/convt0,discriminator/head"],
+         "prune.exclude entry 'generator/convt0,discriminator/head' matches no layer of dcgan"),
     ],
     "early_bird": [
         (["--config=ae_fmnist.py:smoke", "--config.early_bird.window=1"],

@@ -1,8 +1,19 @@
-"""validation.check (every field of every binary, table-driven), its parsers, configs.for_binary."""
-import ml_collections
-import pytest
+"""validation.check (every field of every binary, table-driven), its parsers, configs.for_binary;
+and the user errors of a run (one line, exit 2) that the checks cannot see in advance."""
+import importlib.util
+import os
+import subprocess
+import sys
 
-from lth_jax import configs, validation
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lth_jax import configs, data, evaluation, experiment_main, feature_spaces, validation
+from lth_jax.models import classifier as classifier_lib
+from lth_jax.models import inception
 
 BINARIES = tuple(configs.SECTIONS)
 
@@ -87,7 +98,10 @@ CASES = [
      "train.optimizer.weight_decay must be >= 0"),
     ("train", "ae", dict(train__optimizer__momentum=0.9), "train.optimizer.momentum is not a"),
     ("train", "ae", dict(eval__feature_space="pixels"), "unknown eval.feature_space 'pixels'"),
-    ("train", "ae", dict(eval__num_samples=1), "eval.num_samples must be >= 2"),
+    ("train", "ae", dict(eval__num_samples=1), "eval.num_samples must be >= 10"),
+    ("train", "vae", dict(eval__num_samples=9),
+     r"eval.num_samples must be >= 10 \(the Inception Score's 10 splits\), got 9"),
+    ("train", "ae", dict(eval__num_samples=10.0), "eval.num_samples must be an int"),
     ("train", "ae", dict(eval__num_test=0), "eval.num_test must be >= 2"),
     ("train", "ae", dict(eval__batch_size=0), "eval.batch_size must be >= 1"),
     ("train", "ae", dict(eval__grid_size=1), "eval.grid_size must be >= 2"),
@@ -98,6 +112,23 @@ CASES = [
     ("train", "dcgan", dict(prune__parts={"generator": "yes"}), "prune.parts.generator must be"),
     ("train", "dcgan", dict(prune__exclude="generator/convt0"), "prune.exclude must be a tuple"),
     ("train", "dcgan", dict(prune__exclude=("encoder/conv0",)), "prune.exclude entry 'encoder"),
+    # A comma list from the command line is one string, which matches no layer.
+    ("find_tickets", "dcgan", dict(prune__exclude=("generator/convt0,discriminator/head",)),
+     (r"prune.exclude entry 'generator/convt0,discriminator/head' matches no layer of dcgan \(a "
+      r"comma list on the command line is one string: quote each entry")),
+    ("train", "dcgan", dict(prune__exclude=("generator/bn0",)),
+     ("prune.exclude entry 'generator/bn0' matches no layer of dcgan; its layers: "
+      "discriminator/body/conv0, .*, generator/convt3$")),
+    ("early_bird", "vae", dict(prune__exclude=("encoder/head", "decoder/convt")),
+     "prune.exclude entry 'decoder/convt' matches no layer of vae"),
+    ("transfer", "vae", dict(prune__exclude=("decoder/convt9",)), "entry 'decoder/convt9' matches"),
+    ("find_tickets", "ae", dict(prune__exclude=("encoder", "decoder")),
+     (r"prune.parts and prune.exclude leave nothing to prune: pruned parts \['decoder', "
+      r"'encoder'\]")),
+    ("early_bird", "dcgan", dict(prune__parts={"generator": True, "discriminator": False},
+                                 prune__exclude=("generator",)), "leave nothing to prune"),
+    ("train", "vae", dict(prune__parts={"encoder": False, "decoder": False}),
+     r"leave nothing to prune: pruned parts \[\], exclude \[\]; switch a part on"),
     ("train", "ae", dict(prune__scope="local"), "unknown prune.scope 'local'"),
     ("find_tickets", "ae", dict(prune__parts={"encoder": False, "decoder": False}),
      "prune.parts switches every part off"),
@@ -166,6 +197,144 @@ def test_bad_field_is_named(binary, family, fields, message):
   config = _with(configs.get_config(family, "fashion_mnist", "smoke"), **fields)
   with pytest.raises(validation.ConfigError, match=message):
     validation.check(config, binary)
+
+
+def test_exclude_entries_that_cover_kernels_pass():
+  config = configs.get_config("dcgan", "fashion_mnist", "smoke")
+  config.prune.exclude = ("discriminator/body", "generator/convt0/kernel", "generator/convt3")
+  validation.check(config, "find_tickets")
+  config.prune.parts.discriminator = False      # an entry of an unpruned part is still a layer
+  config.prune.exclude = ("discriminator/head",)
+  validation.check(config, "early_bird")
+
+
+def test_checks_start_no_jax_backend():
+  """The model's layers come from jax.eval_shape without starting a backend: experiment_main
+  checks the config before jax.distributed.initialize, which must come first."""
+  code = ("from jax._src import xla_bridge\n"
+          "from lth_jax import configs, validation\n"
+          "for family in ('ae', 'vae', 'dcgan'):\n"
+          "  config = configs.get_config(family, 'fashion_mnist', 'smoke')\n"
+          "  validation.check(config, 'find_tickets')\n"
+          "assert not xla_bridge._backends, 'a JAX backend was started'\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _fake_split(n: int, size: int = 32) -> data.Split:
+  return data.Split(np.zeros((n, size, size, 1), np.uint8), np.arange(n, dtype=np.int32) % 10)
+
+
+def test_data_limit_below_the_classifier_batch_needs_a_cached_classifier(tmp_path, monkeypatch):
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  config.eval.cache_dir = str(tmp_path)
+  config.data.limit = 127
+  with pytest.raises(validation.ConfigError,
+                     match=r"data.limit=127 leaves 127 training images, fewer than the feature "
+                           r"classifier's batch of 128 .*not cached in .*; set data.limit >= 128"):
+    validation.check(config, "train")
+  config.eval.feature_space = "inception"      # no classifier: the limit is not its business
+  config.eval.inception_weights = str(tmp_path / "w.npz")
+  (tmp_path / "w.npz").write_bytes(b"")
+  validation.check(config, "train")
+
+  # Cache a classifier where the run would (training stubbed): then the small limit is fine.
+  def fake_training(train_images, train_labels, test_images, test_labels, *, key, steps,
+                    num_classes, **kwargs):
+    model = classifier_lib.Classifier(num_classes=num_classes, width=kwargs["width"],
+                                      feature_dim=kwargs["feature_dim"])
+    shapes = jax.eval_shape(model.init, key, train_images[:1].astype(np.float32))["params"]
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), 0.5
+
+  monkeypatch.setattr(feature_spaces, "train_classifier", fake_training)
+  config.eval.feature_space = "classifier"
+  evaluation.feature_extractor_from_config(config, _fake_split(127), _fake_split(20))
+  validation.check(config, "train")
+  config.eval.classifier_steps += 1            # another classifier: not cached
+  with pytest.raises(validation.ConfigError, match="data.limit=127"):
+    validation.check(config, "train")
+
+
+def test_inception_weights_path_with_tilde_is_expanded_when_loading(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  np.savez(tmp_path / "w.npz", other=np.zeros(3, np.float32))
+  config = configs.get_config("dcgan", "cifar10", "smoke")
+  config.eval.inception_weights = "~/w.npz"
+  validation.check(config, "train")
+  # The loader finds the file too (it is not the FID state dict: the key error says so).
+  with pytest.raises(inception.MissingWeightsKeyError, match=f"from {tmp_path}/w.npz lack key"):
+    inception.load_variables("~/w.npz")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("w.ckpt", (r"eval.inception_weights='.*w.ckpt' is neither a pytorch-fid .pth state dict "
+                r"nor its .npz conversion")),
+    ("w.pth", (r"eval.inception_weights='.*w.pth' is a PyTorch file and torch is not installed: "
+               r"pip install torch, or convert")),
+])
+def test_inception_weights_the_loader_cannot_read(tmp_path, name, message):
+  if name == "w.pth" and importlib.util.find_spec("torch") is not None:
+    pytest.skip("torch is installed")
+  (tmp_path / name).write_bytes(b"")
+  config = configs.get_config("dcgan", "cifar10", "smoke")
+  config.eval.inception_weights = str(tmp_path / name)
+  with pytest.raises(validation.ConfigError, match=message):
+    validation.check(config, "train")
+
+
+def _tensorflow_missing(tmp_path, monkeypatch):
+  if importlib.util.find_spec("tensorflow") is not None:
+    pytest.skip("TensorFlow is installed")
+
+  def prepare_without_tf(self, **kwargs):
+    raise ModuleNotFoundError("Failed to encode example:\nNo module named 'tensorflow'")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", prepare_without_tf)
+  data.load("cifar10", "train", data_dir=tmp_path, download=True)
+
+
+def _empty_npz(tmp_path, monkeypatch):
+  (tmp_path / "w.npz").write_bytes(b"")
+  inception.load_variables(tmp_path / "w.npz")
+
+
+def _wrong_npz(tmp_path, monkeypatch):
+  np.savez(tmp_path / "w.npz", other=np.zeros(3, np.float32))
+  inception.load_variables(tmp_path / "w.npz")
+
+
+def _pth_without_torch(tmp_path, monkeypatch):
+  if importlib.util.find_spec("torch") is not None:
+    pytest.skip("torch is installed")
+  (tmp_path / "w.pth").write_bytes(b"")
+  inception.load_variables(tmp_path / "w.pth")
+
+
+@pytest.mark.parametrize("cause, kind, message", [
+    (_tensorflow_missing, ModuleNotFoundError,
+     "MissingDependencyError: tfds needs TensorFlow to prepare 'cifar10'"),
+    (_empty_npz, ValueError, ("WeightsFileError: Inception weights '<tmp>/w.npz' are not a "
+                              "readable .npz of the FID state dict (EOFError")),
+    (_wrong_npz, KeyError, ("MissingWeightsKeyError: Inception weights from <tmp>/w.npz lack key "
+                            "'Conv2d_1a_3x3.bn.bias'")),
+    (_pth_without_torch, ImportError, ("TorchNotInstalledError: Reading <tmp>/w.pth needs "
+                                       "PyTorch (pip install torch)")),
+], ids=["tfds-without-tensorflow", "empty-npz", "wrong-keys", "pth-without-torch"])
+def test_run_errors_the_checks_cannot_see_are_one_line(cause, kind, message, tmp_path,
+                                                       monkeypatch, capsys):
+  """Errors of the data and the Inception weights, raised once the run reads them: one line and
+  exit 2 from experiment_main.run (their old types still catch them)."""
+  with pytest.raises(kind):
+    cause(tmp_path, monkeypatch)
+  config = configs.get_config("ae", "fashion_mnist", "smoke", "train")
+  with pytest.raises(SystemExit) as exit_info:
+    experiment_main.run(lambda config, workdir: cause(tmp_path, monkeypatch), "train", config,
+                        str(tmp_path / "work"))
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+  assert message.replace("<tmp>", str(tmp_path)) in err, err
 
 
 @pytest.mark.parametrize("binary", BINARIES)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -40,6 +41,21 @@ NUM_CLASSES = 1008
 _BN_EPSILON = 1e-3
 
 Padding = tuple[int, int]
+
+
+class WeightsFileError(ValueError):
+  """An Inception weights file that lth_jax cannot use (unreadable, or not pytorch-fid's FID
+  state dict); the message names the path and the fix. A ``ValueError``, so the binaries print it
+  as one line."""
+
+
+class MissingWeightsKeyError(WeightsFileError, KeyError):
+  """The weights lack a key of the FID state dict (a ``KeyError`` too)."""
+  __str__ = ValueError.__str__   # KeyError's would quote the message
+
+
+class TorchNotInstalledError(WeightsFileError, ImportError):
+  """A ``.pth`` weights file needs PyTorch, which is not installed (an ``ImportError`` too)."""
 
 
 class BasicConv2d(nn.Module):
@@ -281,8 +297,8 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], *, source: str = "stat
     ``{'params': ..., 'batch_stats': ...}`` of float32 numpy arrays for :class:`InceptionV3`.
 
   Raises:
-    KeyError: naming the first expected key that is missing.
-    ValueError: naming the first key whose shape is wrong.
+    MissingWeightsKeyError: naming the first expected key that is missing (a ``KeyError``).
+    WeightsFileError: naming the first key whose shape is wrong (a ``ValueError``).
   """
   shapes = variable_shapes()
   flat = {}
@@ -290,52 +306,69 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], *, source: str = "stat
   for (collection, *path), spec in traverse_util.flatten_dict(ordered).items():
     key, transpose = _torch_key(collection, path)
     if key not in state_dict:
-      raise KeyError(
+      raise MissingWeightsKeyError(
           f"Inception weights from {source} lack key {key!r} (expected pytorch-fid's FID Inception "
           f"state dict, {FID_WEIGHTS_URL.rsplit('/', 1)[-1]}; found {len(state_dict)} keys).")
     value = np.asarray(state_dict[key], np.float32)
     value = _from_torch_layout(value) if transpose else value
     if value.shape != spec.shape:
       expected = _to_torch_layout(np.empty(spec.shape)).shape if transpose else spec.shape
-      raise ValueError(f"Inception weights from {source}: key {key!r} has shape "
-                       f"{tuple(np.shape(state_dict[key]))}, expected {tuple(expected)}.")
+      raise WeightsFileError(f"Inception weights from {source}: key {key!r} has shape "
+                             f"{tuple(np.shape(state_dict[key]))}, expected {tuple(expected)}.")
     flat[(collection, *path)] = value
   return traverse_util.unflatten_dict(flat)
 
 
 def _read_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as e:
+      raise WeightsFileError(
+          f"Inception weights {path!r} are not a readable .npz of the FID state dict "
+          f"({type(e).__name__}: {e}); convert pytorch-fid's .pth again (one line, see "
+          "lth_jax/models/inception.py's docstring).") from e
   if path.endswith((".pth", ".pt")):
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise ImportError(
+      raise TorchNotInstalledError(
           f"Reading {path} needs PyTorch (pip install torch). Alternatively convert it once to .npz "
           "where torch is available (one line, see lth_jax/models/inception.py's docstring) and pass "
           "the .npz path.") from e
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+      state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # pylint: disable=broad-except  # torch raises many kinds for a bad file
+      raise WeightsFileError(
+          f"Inception weights {path!r} are not a readable PyTorch state dict "
+          f"({type(e).__name__}: {e}); download pytorch-fid's {FID_WEIGHTS_URL.rsplit('/', 1)[-1]} "
+          "again.") from e
+    if not isinstance(state, Mapping):
+      raise WeightsFileError(f"Inception weights {path!r} hold a {type(state).__name__}, not a "
+                             f"state dict; use pytorch-fid's {FID_WEIGHTS_URL.rsplit('/', 1)[-1]}.")
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
-  raise ValueError(f"Unknown Inception weights format {path!r}: expected a pytorch-fid .pth state "
-                   "dict or an .npz with the same keys.")
+  raise WeightsFileError(f"Unknown Inception weights format {path!r}: expected a pytorch-fid .pth "
+                         "state dict or an .npz with the same keys.")
 
 
 def load_variables(path: str | os.PathLike) -> dict:
   """Reads the FID Inception weights (``.pth`` via torch if installed, or ``.npz``).
 
   Args:
-    path: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` or its ``.npz`` conversion.
+    path: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` or its ``.npz`` conversion
+      (``~`` is expanded).
 
   Returns:
     Flax variables ``{'params', 'batch_stats'}`` for :class:`InceptionV3`.
 
   Raises:
     FileNotFoundError: if ``path`` does not exist (the message says where to get the weights).
-    ImportError: for a ``.pth`` file when torch is not installed.
-    KeyError, ValueError: if the file is not the FID Inception state dict.
+    TorchNotInstalledError: for a ``.pth`` file when torch is not installed (an ``ImportError``).
+    WeightsFileError: an unknown file format, an unreadable file, or not the FID Inception state
+      dict (:class:`MissingWeightsKeyError`, also a ``KeyError``, for a missing key).
   """
-  path = os.fspath(path)
+  path = os.path.expanduser(os.fspath(path))
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"Inception FID weights not found at {path!r}. Nothing is downloaded by lth_jax: download "
