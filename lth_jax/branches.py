@@ -11,8 +11,9 @@ stream and evaluation. A new baseline is one function::
 
 Registered here, in this order: ``ticket`` (IMP's mask, rewound to θ_k), ``random_reinit``
 (the ticket's mask, a fresh init), ``random_pruning`` (a random mask with the ticket's per-layer
-sparsity, θ_k weights), ``snip``, ``grasp`` and ``synflow`` (pruned at θ₀ to the ticket's global
-sparsity, trained from θ₀).
+sparsity, θ_k weights), ``one_shot`` (the dense model's trained weights pruned by magnitude to
+the ticket's sparsity in one round, rewound to θ_k: iterative vs one-shot), ``snip``, ``grasp``
+and ``synflow`` (pruned at θ₀ to the ticket's global sparsity, trained from θ₀).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class LevelInputs(NamedTuple):
   sparsity: float                  # the ticket's global sparsity (share of prunable pruned)
   images: jax.Array                # uint8 [N, H, W, C] training images
   key: Callable[[str], jax.Array]  # key(stream): the seed's stream, folded with the level
+  dense_trained: steps_lib.TrainState   # the dense run's trained state (level 0)
 
 
 Branch = Callable[[LevelInputs], tuple[steps_lib.TrainState, PyTree]]
@@ -116,6 +118,12 @@ def random_reinit(x: LevelInputs):
 @register("random_pruning")
 def random_pruning(x: LevelInputs):
   m = pruning.random(x.key("random_pruning"), x.dense, like=x.ticket)
+  return rewind(x.family, x.theta_k, m, restore_optimizer=x.config.lottery.rewind_optimizer), m
+
+
+@register("one_shot")
+def one_shot(x: LevelInputs):
+  m = pruning.magnitude(x.dense_trained.params, x.dense, x.sparsity, scope=x.config.prune.scope)
   return rewind(x.family, x.theta_k, m, restore_optimizer=x.config.lottery.rewind_optimizer), m
 
 

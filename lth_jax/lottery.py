@@ -143,6 +143,8 @@ class _Search:
     dense_dir = self.run_dir(0, "dense", seed)
     theta_0 = self.ctx.load_state(os.path.join(dense_dir, "theta_0"))
     theta_k = self.ctx.load_state(os.path.join(dense_dir, "theta_k"))
+    dense_trained = (prev_trained if level == 1
+                     else self.ctx.load_state(os.path.join(dense_dir, "trained")))
     dense = self.ctx.dense_masks(theta_0.params)
     prev_masks = masks_lib.load(os.path.join(prev_dir, "masks.npz"), like=dense)
     ticket = pruning.magnitude(prev_trained.params, prev_masks, self.config.lottery.rate,
@@ -151,7 +153,7 @@ class _Search:
     return branches.LevelInputs(
         self.config, self.family, level, theta_0, theta_k, dense, ticket,
         float(masks_lib.sparsity(ticket)), self.ctx.train_split.images,
-        lambda name: jax.random.fold_in(keys[name], level))
+        lambda name: jax.random.fold_in(keys[name], level), dense_trained)
 
 
 def write_reports(workdir: str, rows: list[dict], metric: str) -> str:
