@@ -11,9 +11,9 @@ stream and evaluation. A new baseline is one function::
 
 Registered here, in this order: ``ticket`` (IMP's mask, rewound to θ_k), ``random_reinit``
 (the ticket's mask, a fresh init), ``random_pruning`` (a random mask with the ticket's per-layer
-sparsity, θ_k weights), ``one_shot`` (the dense model's trained weights pruned by magnitude to
-the ticket's sparsity in one round, rewound to θ_k: iterative vs one-shot), ``snip``, ``grasp``
-and ``synflow`` (pruned at θ₀ to the ticket's global sparsity, trained from θ₀).
+sparsity, θ_k weights), ``snip``, ``grasp`` and ``synflow`` (pruned at θ₀ to the ticket's
+global sparsity, trained from θ₀), ``one_shot`` (the dense model's trained weights pruned by
+magnitude to the ticket's sparsity in one round, rewound to θ_k: iterative vs one-shot).
 """
 
 from __future__ import annotations
@@ -121,12 +121,6 @@ def random_pruning(x: LevelInputs):
   return rewind(x.family, x.theta_k, m, restore_optimizer=x.config.lottery.rewind_optimizer), m
 
 
-@register("one_shot")
-def one_shot(x: LevelInputs):
-  m = pruning.magnitude(x.dense_trained.params, x.dense, x.sparsity, scope=x.config.prune.scope)
-  return rewind(x.family, x.theta_k, m, restore_optimizer=x.config.lottery.rewind_optimizer), m
-
-
 def _pruned_at_init(method: str, x: LevelInputs):
   """SNIP / GraSP / SynFlow at θ₀ to the ticket's global sparsity; trained from θ₀ at step k."""
   batch_key, loss_key = jax.random.split(x.key("score"))
@@ -142,3 +136,9 @@ def _pruned_at_init(method: str, x: LevelInputs):
 
 for _method in baselines.METHODS:
   register(_method)(functools.partial(_pruned_at_init, _method))
+
+
+@register("one_shot")
+def one_shot(x: LevelInputs):
+  m = pruning.magnitude(x.dense_trained.params, x.dense, x.sparsity, scope=x.config.prune.scope)
+  return rewind(x.family, x.theta_k, m, restore_optimizer=x.config.lottery.rewind_optimizer), m

@@ -25,6 +25,7 @@ def kept_per_leaf(m):
 @needs_fmnist
 def test_dcgan_search_levels_and_baselines(tmp_path):
   config = configs.get_config("dcgan", "fashion_mnist", "smoke")
+  config.lottery.branches = branches.names()          # the defaults and one_shot
   workdir = str(tmp_path / "dcgan")
   rows = lottery.run(config, workdir)
   dense = masks.load(os.path.join(workdir, "level_00", "dense_seed0", "masks.npz"))
@@ -41,6 +42,10 @@ def test_dcgan_search_levels_and_baselines(tmp_path):
       other = masks.load(os.path.join(workdir, f"level_{level:02d}",
                                       f"{row['branch']}_seed0", "masks.npz"))
       assert int(masks.counts(other)[0]) == kept, row["branch"]
+    one_shot = masks.load(os.path.join(workdir, f"level_{level:02d}", "one_shot_seed0",
+                                       "masks.npz"))
+    # Level 1: one round from the dense model either way; later, iterative differs.
+    assert (float(masks.distance(one_shot, ticket)) == 0.0) == (level == 1)
     random_pruned = masks.load(os.path.join(workdir, f"level_{level:02d}",
                                             "random_pruning_seed0", "masks.npz"))
     assert kept_per_leaf(random_pruned) == kept_per_leaf(ticket)
