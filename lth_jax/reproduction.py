@@ -1,0 +1,208 @@
+"""The paper's claims as one resumable run: which searches to train, at which scale.
+
+Each claim (:data:`CLAIMS`) names the jobs it needs; a job is one run of a driver
+(``find_tickets`` = :func:`lth_jax.lottery.run`, ``transfer``, ``early_bird``, ``stability``)
+in its own workdir ``<workdir>/<job name>``. Claims share jobs: claim 1's search of a family is
+extended with SNIP/GraSP/SynFlow by claim 2 and with the one-shot branch by claim 4 (a search's
+``lottery.branches`` may grow; the union over the requested claims is run). Every driver
+resumes and skips finished stages; a job whose ``job_done.json`` matches its config is not
+started at all, so a second run of the same command trains nothing.
+
+Scales (:data:`SCALES`): ``smoke`` (CI: smoke presets, 2 seeds, 1 level, claim 1/2/7 on the AE
+only, one early-bird sparsity), ``cpu`` (this
+repository's 2-core reference: narrow models, ≥ 3 seeds, the paper's level counts) and ``gpu``
+(the paper's widths, 5 seeds). Everything trains on Fashion-MNIST (offline); what is scaled
+down from the paper is written in ``docs/results/README.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import ml_collections
+
+from lth_jax import configs
+from lth_jax import early_bird
+from lth_jax import lottery
+from lth_jax import runs
+from lth_jax import stability
+from lth_jax import transfer
+
+SCALES = ("smoke", "cpu", "gpu")
+FAMILIES = ("ae", "vae", "dcgan")
+CLAIM_BRANCHES = ("ticket", "random_reinit", "random_pruning")
+INIT_BRANCHES = ("snip", "grasp", "synflow")
+EB_SPARSITIES = (0.3, 0.5, 0.6, 0.75)
+
+# Per scale: preset, seeds, IMP levels per family (20% per level: 1 - 0.8**L pruned), config
+# overrides per family. 'cpu' sizes: the narrowest models whose dense samples look like clothes
+# (width 16 DCGAN at 4000 steps, BENCHMARKS/issue 14 sizing facts), rewind 2% of training.
+SCALE_SETTINGS = {
+    "smoke": dict(preset="smoke", seeds=(0, 1), levels={"ae": 1, "vae": 1, "dcgan": 1},
+                  transfer_levels=1, rewind="2it", overrides={}, families=("ae",),
+                  eb_sparsities=(0.5,)),
+    "cpu": dict(preset="default", seeds=(0, 1, 2), levels={"ae": 20, "vae": 12, "dcgan": 10},
+                transfer_levels=10, rewind="2%", families=FAMILIES, eb_sparsities=EB_SPARSITIES,
+                overrides={"ae": {"model.width": 16, "train.steps": 1500},
+                           "vae": {"model.width": 16, "train.steps": 2000},
+                           "dcgan": {"model.width": 16, "train.steps": 4000}}),
+    "gpu": dict(preset="paper", seeds=(0, 1, 2, 3, 4), levels={"ae": 20, "vae": 12, "dcgan": 10},
+                transfer_levels=10, rewind="2%", overrides={}, families=FAMILIES,
+                eb_sparsities=EB_SPARSITIES),
+}
+
+
+@dataclasses.dataclass
+class Job:
+  """One driver run. ``source``: the job whose workdir a ``stability`` job reads."""
+  name: str
+  binary: str
+  config: ml_collections.ConfigDict
+  source: str = ""
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  *path, leaf = dotted.split(".")
+  for part in path:
+    config = config[part]
+  config[leaf] = value
+
+
+def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
+  """The family's config at ``scale`` (all sections; each job keeps its binary's)."""
+  settings = SCALE_SETTINGS[scale]
+  config = configs.get_config(family, "fashion_mnist", settings["preset"])
+  config.tickets.seeds = tuple(settings["seeds"])
+  config.lottery.levels = settings["levels"][family]
+  for dotted, value in settings["overrides"].get(family, {}).items():
+    _set(config, dotted, value)
+  config.lottery.rewind_step = _rewind(settings["rewind"], config.train.steps)  # late resetting
+  return config
+
+
+def _rewind(spec: str, steps: int) -> str:
+  """'2%' of ``steps`` as a step count ('<n>it'), or ``spec`` itself."""
+  if spec.endswith("%"):
+    return f"{max(1, round(steps * float(spec[:-1]) / 100))}it"
+  return spec
+
+
+def _search(family: str, scale: str, branches: tuple[str, ...], **changes) -> ml_collections.ConfigDict:
+  config = base_config(family, scale)
+  config.lottery.branches = branches
+  for dotted, value in changes.items():
+    _set(config, dotted.replace("__", "."), value)
+  return configs.for_binary(config, "find_tickets")
+
+
+# ----------------------------------------------------------------------------- the claims
+def _families(scale):
+  return SCALE_SETTINGS[scale]["families"]
+
+
+def _claim1(scale):
+  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
+          for f in _families(scale)]
+
+
+def _claim2(scale):
+  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + INIT_BRANCHES))
+          for f in _families(scale)]
+
+
+def _claim3(scale):
+  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
+          for f in ("vae", "dcgan")] + [
+      Job(f"search_{f}_rewind0", "find_tickets",
+          _search(f, scale, ("ticket",), lottery__rewind_step="0it")) for f in ("vae", "dcgan")]
+
+
+def _claim4(scale):
+  jobs = [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + ("one_shot",)))
+          for f in ("vae", "dcgan")]
+  for family in ("vae", "dcgan"):
+    for part in configs.get_config(family).prune.parts:
+      parts = {p: p == part for p in configs.get_config(family).prune.parts}
+      jobs.append(Job(f"search_{family}_only_{part}", "find_tickets",
+                      _search(family, scale, ("ticket",), prune__parts=parts)))
+  return jobs
+
+
+def _claim5(scale):
+  jobs = []
+  for direction in configs.TRANSFER_DIRECTIONS:
+    config = base_config("vae" if direction == "vae_to_gan" else "dcgan", scale)
+    config.lottery.levels = SCALE_SETTINGS[scale]["transfer_levels"]
+    config.lottery.branches = CLAIM_BRANCHES
+    config.transfer.direction = direction
+    jobs.append(Job(f"transfer_{direction}", "transfer", configs.for_binary(config, "transfer")))
+  return jobs
+
+
+def _claim6(scale):
+  jobs = []
+  for family in ("dcgan", "vae"):
+    for sparsity in SCALE_SETTINGS[scale]["eb_sparsities"]:
+      config = base_config(family, scale)
+      config.early_bird.update(sparsity=sparsity, scratch_baseline=True, dense_baseline=True)
+      jobs.append(Job(f"early_bird_{family}_{sparsity:g}", "early_bird",
+                      configs.for_binary(config, "early_bird")))
+  return jobs
+
+
+def _claim7(scale):
+  return [Job(f"stability_{f}", "stability", _search(f, scale, CLAIM_BRANCHES),
+              source=f"search_{f}") for f in _families(scale)]
+
+
+CLAIMS: dict[int, tuple[str, Callable[[str], list[Job]]]] = {
+    1: ("Winning tickets by IMP with late resetting", _claim1),
+    2: ("Tickets beat pruning at initialisation", _claim2),
+    3: ("Late resetting matters", _claim3),
+    4: ("Pruning both halves beats one; iterative beats one-shot", _claim4),
+    5: ("Tickets transfer between the VAE and the GAN", _claim5),
+    6: ("Early-bird tickets", _claim6),
+    7: ("Stability: linear mode connectivity of tickets", _claim7),
+}
+
+
+def jobs_for(claims: list[int], scale: str) -> list[Job]:
+  """The jobs of ``claims`` in run order, shared searches merged (their branches united)."""
+  merged: dict[str, Job] = {}
+  for claim in claims:
+    for job in CLAIMS[claim][1](scale):
+      if job.name in merged and job.binary == "find_tickets":
+        known = merged[job.name].config.lottery.branches
+        extra = tuple(b for b in job.config.lottery.branches if b not in known)
+        merged[job.name].config.lottery.branches = tuple(known) + extra
+      else:
+        merged.setdefault(job.name, job)
+  order = {"find_tickets": 0, "transfer": 1, "early_bird": 2, "stability": 3}
+  return sorted(merged.values(), key=lambda j: order[j.binary])
+
+
+def run_job(job: Job, workdir: str) -> None:
+  """Runs ``job`` in ``workdir/<name>`` unless its ``job_done.json`` holds the same config;
+  accumulates its wall-clock and process CPU seconds over resumptions in ``job_time.json``."""
+  path = os.path.join(workdir, job.name)
+  done = os.path.join(path, "job_done.json")
+  config = runs.config_to_dict(job.config)
+  if os.path.exists(done) and runs.read_json(done) == config:
+    return
+  drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
+             "early_bird": early_bird.run}
+  times_path = os.path.join(path, "job_time.json")
+  spent = runs.read_json(times_path) if os.path.exists(times_path) else {"wall_s": 0.0,
+                                                                          "cpu_s": 0.0}
+  wall, cpu = time.perf_counter(), time.process_time()
+  if job.binary == "stability":
+    stability.run(job.config, path, os.path.join(workdir, job.source))
+  else:
+    drivers[job.binary](job.config, path)
+  spent = {"wall_s": spent["wall_s"] + time.perf_counter() - wall,
+           "cpu_s": spent["cpu_s"] + time.process_time() - cpu}
+  runs.write_json(times_path, spent)
+  runs.write_json(done, config)

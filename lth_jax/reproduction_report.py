@@ -1,0 +1,316 @@
+"""Tables, plots and verdicts of the reproduction (``docs/results/``), from finished jobs.
+
+Every claim's section is computed from its jobs' result files only, so the page can be rebuilt
+at any time (``experiments/reproduce.py`` does it after running). Metrics are lower-is-better
+(FID, reconstruction MSE); a table cell is ``mean ± std`` over seeds (ddof 1).
+
+Rules (stated again on the page):
+
+* **wins** (claim 1): at a level, the ticket's mean is within the dense model's seed spread
+  (``<= dense mean + dense std``) and below both random baselines' means.
+* A claim **held** when its comparison holds at every compared point, **partly held** at some,
+  **did not hold** at none.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from lth_jax import lottery
+from lth_jax import report
+from lth_jax import reproduction
+from lth_jax import runs
+
+# The paper's Table 1 winning-ticket sparsity (%) of our three networks (conv AE: CIFAR-10).
+PAPER_WINNING = {"ae": 95.6, "vae": 86.5, "dcgan": 83.2}
+
+
+class Section(NamedTuple):
+  claim: int
+  title: str
+  verdict: str           # 'held' | 'partly held' | 'did not hold' | 'not run'
+  body: str              # Markdown: tables and the numbers that decide
+  rows: list[dict]       # written to docs/results/claim<N>.csv
+
+
+def verdict(holds: Sequence[bool]) -> str:
+  """'held' if all, 'partly held' if some, 'did not hold' if none ('not run' if empty)."""
+  if not holds:
+    return "not run"
+  return "held" if all(holds) else "partly held" if any(holds) else "did not hold"
+
+
+def _mean_table(rows: list[dict], metric: str, by=("level", "branch")) -> dict[tuple, dict]:
+  return {tuple(r[k] for k in by): r
+          for r in report.aggregate(rows, metrics=(metric, "sparsity"), by=by)}
+
+
+def _cell(stats: dict | None, metric: str) -> str:
+  if stats is None:
+    return "-"
+  return f"{stats[metric + '_mean']:.4g} ± {stats[metric + '_std']:.2g}"
+
+
+def search_rows(workdir: str, name: str) -> tuple[list[dict], str]:
+  """(rows, metric) of a finished search job (empty if it has no finished level)."""
+  try:
+    return lottery.load_results(os.path.join(workdir, name))
+  except FileNotFoundError:
+    return [], ""
+
+
+def level_table(rows: list[dict], metric: str, branches: Sequence[str]) -> tuple[str, dict]:
+  """Markdown: one row per level, one column per branch (mean ± std); and the stats."""
+  stats = _mean_table(rows, metric)
+  levels = sorted({r["level"] for r in rows if r["level"] > 0})
+  dense = stats.get((0, "dense"))
+  lines = [f"| level | pruned % | dense | {' | '.join(branches)} |",
+           "|---:|---:|---|" + "---|" * len(branches)]
+  for level in levels:
+    sparsity = next(s["sparsity_mean"] for k, s in stats.items() if k[0] == level)
+    cells = [_cell(stats.get((level, b)), metric) for b in branches]
+    lines.append(f"| {level} | {100 * sparsity:.1f} | {_cell(dense, metric)} | "
+                 f"{' | '.join(cells)} |")
+  return "\n".join(lines), stats
+
+
+def winning_levels(stats: dict, metric: str) -> list[tuple[int, float, bool]]:
+  """``(level, sparsity, wins)`` for every level with the ticket and both random baselines."""
+  dense = stats[(0, "dense")]
+  limit = dense[metric + "_mean"] + dense[metric + "_std"]
+  out = []
+  for (level, branch), s in sorted(stats.items()):
+    if branch != "ticket" or level == 0:
+      continue
+    rivals = [stats.get((level, b)) for b in ("random_reinit", "random_pruning")]
+    if None in rivals:
+      continue
+    mean = s[metric + "_mean"]
+    wins = mean <= limit and all(mean < r[metric + "_mean"] for r in rivals)
+    out.append((level, s["sparsity_mean"], wins))
+  return out
+
+
+def claim1(workdir: str, results_dir: str) -> Section:
+  body, holds, csv = [], [], []
+  for family in reproduction.FAMILIES:
+    rows, metric = search_rows(workdir, f"search_{family}")
+    if not rows:
+      continue
+    csv += [{"family": family, "metric": metric, **r} for r in rows
+            if r["branch"] in ("dense",) + reproduction.CLAIM_BRANCHES]
+    table, stats = level_table(rows, metric, reproduction.CLAIM_BRANCHES)
+    levels = winning_levels(stats, metric)
+    won = [100 * s for _, s, w in levels if w]
+    best = max(won) if won else 0.0
+    holds.append(best >= PAPER_WINNING[family])
+    report.plot_metric_vs_sparsity(
+        [r for r in rows if r["branch"] in ("dense",) + reproduction.CLAIM_BRANCHES], metric,
+        os.path.join(results_dir, f"claim1_{family}.png"), title=f"{family}: {metric}")
+    body.append(f"### {family} (`{metric}`)\n\n{table}\n\nHighest winning sparsity: "
+                f"**{best:.1f}%** (paper, Table 1: {PAPER_WINNING[family]}%). Winning levels: "
+                f"{[lv for lv, _, w in levels if w] or 'none'}.\n\n"
+                f"![{family}](claim1_{family}.png)\n")
+  return Section(1, reproduction.CLAIMS[1][0], verdict(holds), "\n".join(body), csv)
+
+
+def _beats(stats: dict, metric: str, mine: tuple, theirs: Sequence[tuple]) -> bool | None:
+  if mine not in stats or any(t not in stats for t in theirs):
+    return None
+  return all(stats[mine][metric + "_mean"] < stats[t][metric + "_mean"] for t in theirs)
+
+
+def claim2(workdir: str, results_dir: str) -> Section:
+  body, holds, csv = [], [], []
+  for family in reproduction.FAMILIES:
+    rows, metric = search_rows(workdir, f"search_{family}")
+    rows = [r for r in rows if r["branch"] in ("dense", "ticket") + reproduction.INIT_BRANCHES]
+    if not any(r["branch"] in reproduction.INIT_BRANCHES for r in rows):
+      continue
+    csv += [{"family": family, "metric": metric, **r} for r in rows]
+    table, stats = level_table(rows, metric, ("ticket",) + reproduction.INIT_BRANCHES)
+    per_level = {lv: _beats(stats, metric, (lv, "ticket"),
+                            [(lv, b) for b in reproduction.INIT_BRANCHES])
+                 for lv in sorted({k[0] for k in stats if k[0] > 0})}
+    compared = [v for v in per_level.values() if v is not None]
+    holds += compared
+    body.append(f"### {family} (`{metric}`)\n\n{table}\n\nThe ticket beats SNIP, GraSP and "
+                f"SynFlow at {sum(compared)} of {len(compared)} levels.\n")
+  return Section(2, reproduction.CLAIMS[2][0], verdict(holds), "\n".join(body), csv)
+
+
+def _paired(workdir: str, family: str, mine: str, theirs: str, branch_mine: str,
+            branch_theirs: str) -> tuple[list[bool], str, list[dict]]:
+  """Level by level: does ``mine``'s branch beat ``theirs``'? (holds, Markdown, rows)."""
+  a, metric = search_rows(workdir, mine)
+  b, _ = search_rows(workdir, theirs)
+  if not a or not b:
+    return [], "", []
+  sa, sb = _mean_table(a, metric), _mean_table(b, metric)
+  lines = [f"| level | pruned % ({mine}) | {mine}: {branch_mine} | pruned % ({theirs}) | "
+           f"{theirs}: {branch_theirs} | better |", "|---:|---:|---|---:|---|---|"]
+  holds = []
+  for level in sorted({k[0] for k in sa if k[0] > 0} & {k[0] for k in sb if k[0] > 0}):
+    x, y = sa.get((level, branch_mine)), sb.get((level, branch_theirs))
+    if x is None or y is None:
+      continue
+    better = x[metric + "_mean"] < y[metric + "_mean"]
+    holds.append(better)
+    lines.append(f"| {level} | {100 * x['sparsity_mean']:.1f} | {_cell(x, metric)} | "
+                 f"{100 * y['sparsity_mean']:.1f} | {_cell(y, metric)} | "
+                 f"{branch_mine if better else branch_theirs} |")
+  rows = [{"family": family, "search": mine, **r} for r in a] + [
+      {"family": family, "search": theirs, **r} for r in b]
+  return holds, f"### {family} (`{metric}`)\n\n" + "\n".join(lines) + "\n", rows
+
+
+def claim3(workdir: str, results_dir: str) -> Section:
+  holds, body, csv = [], [], []
+  for family in ("vae", "dcgan"):
+    h, text, rows = _paired(workdir, family, f"search_{family}", f"search_{family}_rewind0",
+                            "ticket", "ticket")
+    holds += h
+    body.append(text)
+    csv += rows
+  return Section(3, reproduction.CLAIMS[3][0], verdict(holds), "\n".join(body), csv)
+
+
+def claim4(workdir: str, results_dir: str) -> Section:
+  holds, body, csv = [], [], []
+  for family in ("vae", "dcgan"):
+    for part in ("encoder", "decoder") if family == "vae" else ("generator", "discriminator"):
+      h, text, rows = _paired(workdir, family, f"search_{family}", f"search_{family}_only_{part}",
+                              "ticket", "ticket")
+      holds += h
+      body.append(text.replace("###", f"### both halves vs only the {part}:", 1))
+      csv += rows
+    rows, metric = search_rows(workdir, f"search_{family}")
+    if rows and any(r["branch"] == "one_shot" for r in rows):
+      table, stats = level_table(rows, metric, ("ticket", "one_shot"))
+      iterative = [_beats(stats, metric, (lv, "ticket"), [(lv, "one_shot")])
+                   for lv in sorted({k[0] for k in stats if k[0] > 1})]
+      holds += [v for v in iterative if v is not None]
+      body.append(f"### {family}: iterative (ticket) vs one-shot (`{metric}`; level 1 is the "
+                  f"same mask)\n\n{table}\n")
+  return Section(4, reproduction.CLAIMS[4][0], verdict(holds), "\n".join(body), csv)
+
+
+def claim5(workdir: str, results_dir: str) -> Section:
+  holds, body, csv = [], [], []
+  for direction in ("vae_to_gan", "gan_to_vae"):
+    path = os.path.join(workdir, f"transfer_{direction}", "results.csv")
+    if not os.path.exists(path):
+      continue
+    rows = report.read_csv(path)
+    metric = next(k for k in rows[0] if k.startswith("fid_"))
+    csv += [{"direction": direction, **r} for r in rows]
+    table, stats = level_table(rows, metric, ("transferred",) + reproduction.CLAIM_BRANCHES)
+    for level in sorted({k[0] for k in stats if k[0] > 0}):
+      moved, own = stats.get((level, "transferred")), stats.get((level, "ticket"))
+      rivals = [stats.get((level, b)) for b in ("random_reinit", "random_pruning")]
+      if moved is None or own is None or None in rivals:
+        continue
+      holds.append(moved[metric + "_mean"] <= own[metric + "_mean"] + own[metric + "_std"]
+                   and all(moved[metric + "_mean"] < r[metric + "_mean"] for r in rivals))
+    body.append(f"### {direction} (`{metric}`, in the target family)\n\n{table}\n")
+  return Section(5, reproduction.CLAIMS[5][0], verdict(holds), "\n".join(body), csv)
+
+
+def claim6(workdir: str, results_dir: str) -> Section:
+  lines = ["| family | channels pruned | FLOPs cut | wall ratio | FID ratio (EB) | "
+           "FID ratio (same widths, scratch) | all three targets |",
+           "|---|---:|---:|---:|---|---|---|"]
+  holds, csv = [], []
+  for family in ("dcgan", "vae"):
+    for sparsity in reproduction.EB_SPARSITIES:
+      path = os.path.join(workdir, f"early_bird_{family}_{sparsity:g}", "results.csv")
+      if not os.path.exists(path):
+        continue
+      rows = report.read_csv(path)
+      csv += [{"family": family, "channel_sparsity": sparsity, **r} for r in rows]
+      agg = {r["run"]: r for r in report.aggregate(
+          [r for r in rows if r["run"] in ("eb_total", "scratch")],
+          metrics=("flops_vs_dense", "seconds_vs_dense", "metric_vs_dense"), by="run")}
+      total, scratch = agg["eb_total"], agg.get("scratch")
+      cut = 1 - total["flops_vs_dense_mean"]
+      ratio = total["metric_vs_dense_mean"]
+      met = cut >= 0.88 and ratio <= 1.10
+      holds.append(met)
+      lines.append(f"| {family} | {sparsity} | {100 * cut:.1f}% | "
+                   f"{total['seconds_vs_dense_mean']:.3f} | {_cell(total, 'metric_vs_dense')} | "
+                   f"{_cell(scratch, 'metric_vs_dense')} | {'yes' if met else 'no'} |")
+  body = ("\n".join(lines) + "\n\nTargets (the paper's Table 2): ≥ 88% fewer training FLOPs and "
+          "FID within 10% of dense.\n")
+  return Section(6, reproduction.CLAIMS[6][0], verdict(holds), body, csv)
+
+
+def claim7(workdir: str, results_dir: str) -> Section:
+  """Instability per level (mean ± std over seeds) beside whether the ticket wins there."""
+  body, csv, measured = [], [], False
+  for family in reproduction.FAMILIES:
+    path = os.path.join(workdir, f"stability_{family}", "stability.csv")
+    rows, metric = search_rows(workdir, f"search_{family}")
+    if not os.path.exists(path) or not rows:
+      continue
+    measured = True
+    points = report.read_csv(path)
+    csv += [{"family": family, **r} for r in points]
+    once = [r for r in points if r["alpha"] == 0.0]        # one instability per (level, seed)
+    per_level = {r["level"]: r for r in report.aggregate(once, metrics=("instability",),
+                                                         by="level")}
+    wins = {lv: w for lv, _, w in winning_levels(_mean_table(rows, metric), metric)}
+    lines = ["| level | instability (mean ± std) | ticket wins |", "|---:|---|---|"]
+    for level, r in sorted(per_level.items()):
+      lines.append(f"| {level} | {_cell(r, 'instability')} | {wins.get(level, '-')} |")
+    groups = {w: [per_level[lv]["instability_mean"] for lv in per_level if wins.get(lv) is w]
+              for w in (True, False)}
+    means = {w: (f"{sum(v) / len(v):.4g} over {len(v)} levels" if v else "no level")
+             for w, v in groups.items()}
+    body.append(f"### {family} (`{metric}`)\n\n" + "\n".join(lines) + "\n\nMean "
+                f"instability where the ticket wins: {means[True]}; where it does not: "
+                f"{means[False]}.\n")
+  # Beyond the paper: nothing to hold, the section reports what was measured.
+  return Section(7, reproduction.CLAIMS[7][0], "measured" if measured else "not run",
+                 "\n".join(body), csv)
+
+
+SECTIONS = {1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: claim7}
+
+
+def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
+          command: str) -> str:
+  """Writes ``claim<N>.csv``, plots and ``README.md`` into ``results_dir``; returns the page."""
+  os.makedirs(results_dir, exist_ok=True)
+  sections = [SECTIONS[c](workdir, results_dir) for c in claims]
+  times = []
+  for job in reproduction.jobs_for(list(claims), scale):
+    path = os.path.join(workdir, job.name, "job_time.json")
+    if os.path.exists(path):
+      t = runs.read_json(path)
+      times.append(f"| {job.name} | {t['wall_s'] / 3600:.2f} | {t['cpu_s'] / 3600:.2f} |")
+  lines = [f"# Reproduction of Kalibhat, Balaji & Feizi (AAAI 2021), scale `{scale}`", "",
+           f"Command: `{command}`", "",
+           "| claim | verdict |", "|---|---|"]
+  lines += [f"| {s.claim}. {s.title} | **{s.verdict}** |" for s in sections]
+  lines += ["", __doc__.split("Rules (stated again on the page):", 1)[1].strip(), ""]
+  lines += ["## Scale", "", f"Data: Fashion-MNIST (32x32x1) for every family (the paper: "
+            "CIFAR-10, CelebA, MNIST). 20% of the remaining weights pruned per level.", "",
+            "| family | width | steps | batch | levels (pruned %) | rewind | seeds |",
+            "|---|---:|---:|---:|---|---|---|"]
+  for family in reproduction.FAMILIES:
+    c = reproduction.base_config(family, scale)
+    lines.append(f"| {family} | {c.model.width} | {c.train.steps} | {c.train.batch_size} | "
+                 f"{c.lottery.levels} ({100 * (1 - 0.8 ** c.lottery.levels):.1f}%) | "
+                 f"{c.lottery.rewind_step} | {len(c.tickets.seeds)} |")
+  lines.append("")
+  for s in sections:
+    if s.rows:
+      report.write_csv(s.rows, os.path.join(results_dir, f"claim{s.claim}.csv"))
+    lines += [f"## {s.claim}. {s.title}: {s.verdict}", "", s.body or "Not run yet.", ""]
+  lines += ["## Compute", "", "| job | wall hours | CPU hours |", "|---|---:|---:|", *times, ""]
+  page = "\n".join(lines)
+  with open(os.path.join(results_dir, "README.md"), "w") as f:
+    f.write(page)
+  return page

@@ -1,0 +1,92 @@
+"""The reproduction command: jobs, verdict rules, and a smoke run end to end that a second run
+leaves untouched."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lth_jax import reproduction, reproduction_report, validation
+from tests.conftest import needs_fmnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("scale", reproduction.SCALES)
+def test_every_job_of_every_claim_is_a_valid_run(scale):
+  jobs = reproduction.jobs_for(list(reproduction.CLAIMS), scale)
+  assert len({j.name for j in jobs}) == len(jobs)
+  for job in jobs:
+    binary = "find_tickets" if job.binary == "stability" else job.binary
+    validation.check(job.config, binary)
+    if scale != "smoke" and job.binary != "early_bird":
+      assert len(job.config.tickets.seeds) >= 3, job.name
+  searches = {j.name: j for j in jobs}
+  # Claim 1's searches carry claim 2's and claim 4's branches (one search, extended).
+  assert set(searches["search_ae"].config.lottery.branches) == {
+      *reproduction.CLAIM_BRANCHES, *reproduction.INIT_BRANCHES}
+  assert {*reproduction.CLAIM_BRANCHES, "one_shot"} <= set(
+      searches["search_vae"].config.lottery.branches)
+  assert searches["search_vae_rewind0"].config.lottery.rewind_step == "0it"
+  assert searches["search_vae"].config.lottery.rewind_step != "0it"       # late resetting
+  assert dict(searches["search_dcgan_only_generator"].config.prune.parts) == {
+      "generator": True, "discriminator": False}
+
+
+def test_claim_subsets_run_only_their_branches():
+  jobs = {j.name: j for j in reproduction.jobs_for([1], "cpu")}
+  assert set(jobs) == {"search_ae", "search_vae", "search_dcgan"}
+  assert tuple(jobs["search_ae"].config.lottery.branches) == reproduction.CLAIM_BRANCHES
+  assert jobs["search_dcgan"].config.lottery.levels == 10           # ~89% pruned
+  assert jobs["search_ae"].config.lottery.levels == 20              # ~99% pruned
+
+
+def test_verdicts_and_winning_levels():
+  assert reproduction_report.verdict([True, True]) == "held"
+  assert reproduction_report.verdict([True, False]) == "partly held"
+  assert reproduction_report.verdict([False]) == "did not hold"
+  assert reproduction_report.verdict([]) == "not run"
+  m = "fid"
+
+  def stats(mean, std=0.0, sparsity=0.0):
+    return {"fid_mean": mean, "fid_std": std, "sparsity_mean": sparsity}
+
+  table = {(0, "dense"): stats(10.0, 1.0),
+           (1, "ticket"): stats(10.9, sparsity=0.2), (1, "random_reinit"): stats(12.0),
+           (1, "random_pruning"): stats(11.0),
+           (2, "ticket"): stats(11.5, sparsity=0.36), (2, "random_reinit"): stats(12.0),
+           (2, "random_pruning"): stats(13.0),
+           (3, "ticket"): stats(10.0, sparsity=0.488), (3, "random_reinit"): stats(9.0),
+           (3, "random_pruning"): stats(13.0)}
+  assert reproduction_report.winning_levels(table, m) == [
+      (1, 0.2, True),       # within the dense spread, better than both random tickets
+      (2, 0.36, False),     # outside the dense spread
+      (3, 0.488, False)]    # a random ticket is better
+
+
+@needs_fmnist
+def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
+  workdir, results = tmp_path / "runs", tmp_path / "results"
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
+         "--claims=1", f"--workdir={workdir}", f"--results_dir={results}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  page = (results / "README.md").read_text()
+  assert "| 1. Winning tickets by IMP with late resetting | **" in page
+  assert "Highest winning sparsity" in page and "## Compute" in page
+  assert (results / "claim1.csv").exists() and (results / "claim1_ae.png").exists()
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+  again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+  assert after == before                  # no job started: nothing in the runs changed
+  assert (results / "README.md").read_text() == page
+
+
+def test_bad_claims_are_refused_with_one_line(tmp_path):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
+         "--claims=1,9", f"--workdir={tmp_path / 'runs'}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert "unknown claim(s) [9]" in out.stderr and "Traceback" not in out.stderr
+  assert not (tmp_path / "runs").exists()
