@@ -22,8 +22,7 @@ def images(n=64, seed=0):
   return jnp.asarray(np.random.RandomState(seed).randint(0, 256, (n, 32, 32, 1)), jnp.uint8)
 
 
-@pytest.mark.parametrize("name,loop", [("dcgan", "unrolled"), ("vae", "unrolled"),
-                                       ("dcgan", "rolled")])
+@pytest.mark.parametrize("name,loop", [("dcgan", "unrolled"), ("dcgan", "rolled")])
 def test_fused_steps_equal_single_steps(name, loop):
   """Two steps in one call, unrolled or as a rolled ``lax.scan`` (the GPU/TPU default), equal two
   single-step calls within float tolerance (XLA fuses the steps differently: last bits)."""
@@ -150,8 +149,9 @@ def test_bf16_mixed_precision_keeps_fp32_state_and_exact_zeros(name):
       jax.tree.map(lambda mm, p: None if mm is None else p, m, trained.params,
                    is_leaf=lambda v: v is None))):
     assert np.all(np.asarray(leaf)[~np.asarray(leaf_mask)] == 0.0)
-  _, reference = jax.jit(steps.multi_step(full, 1))(state, m, x, key)
-  for k in reference:
-    np.testing.assert_allclose(metrics[k], reference[k], rtol=0.05, atol=0.02)
+  if name == "dcgan":    # one fp32 reference compile is enough to bound the bf16 losses
+    _, reference = jax.jit(steps.multi_step(full, 1))(state, m, x, key)
+    for k in reference:
+      np.testing.assert_allclose(metrics[k], reference[k], rtol=0.05, atol=0.02)
   with pytest.raises(ValueError, match="unknown train.precision 'fp8'"):
     steps.make_family(name, precision="fp8", **kwargs)
