@@ -28,11 +28,12 @@ data:
 demo: venv data
 	$(PY) experiments/demo.py --workdir=$(DEMO_WORKDIR)
 
-# Two workers: the suite is dominated by single-threaded XLA compiles. The data set is built once
+# Two workers, stealing work from each other (measured 11.5 min vs 15 min with the default
+# distribution): the suite is dominated by single-threaded XLA compiles. The data set is built once
 # first so the workers never build it at the same time.
 test: venv data
 	$(PY) -c "from lth_jax import data; data.load('fashion_mnist', 'test', limit=8)"
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean-venv:
 	rm -rf $(VENV)

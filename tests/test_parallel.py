@@ -193,11 +193,16 @@ _COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=60
                         "--xla_cpu_collective_timeout_seconds=300")
 
 
-def _worker(*args, devices, **env):
+def _worker(*args, devices, same_xla_flags=False, **env):
+  """A worker process. ``same_xla_flags``: keep this process's ``XLA_FLAGS`` (the suite's
+  optimisation level, conftest.py), for results compared with this process's; otherwise XLA's
+  default level, the one users get (the device workers' bit-identity checks)."""
   # XLA's thread count changes the last bits (SCENARIOS): only a scenario sets PJRT_NPROC.
   inherited = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
+  flags = os.environ.get("XLA_FLAGS", "") if same_xla_flags else ""
   env = {**inherited, "JAX_THREEFRY_PARTITIONABLE": "0", "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {_COLLECTIVE_TIMEOUTS}",
+         "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices} "
+                      f"{_COLLECTIVE_TIMEOUTS}".strip(),
          "PYTHONPATH": ROOT, **env}
   return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)], env=env,
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -218,8 +223,10 @@ def workers(tmp_path_factory):
   port = _free_port()
   procs = {name: _worker("devices", name, tmp / f"{name}.npz", devices=n, **env)
            for name, (n, env, _) in SCENARIOS.items()}
+  # The two processes' search is compared with this process's (same XLA flags: the classifier
+  # of the feature space may be trained by either side, concurrently, before it is cached).
   procs.update({f"p{pid}": _worker("processes", tmp, int(with_lottery), devices=1,
-                                   LTH_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                                   same_xla_flags=True, LTH_JAX_COORDINATOR=f"127.0.0.1:{port}",
                                    LTH_JAX_NUM_PROCESSES="2", LTH_JAX_PROCESS_ID=str(pid))
                 for pid in (0, 1)})
   yield tmp, procs, with_lottery
