@@ -64,21 +64,13 @@ class Job:
   source: str = ""
 
 
-def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  *path, leaf = dotted.split(".")
-  for part in path:
-    config = config[part]
-  config[leaf] = value
-
-
 def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
   """The family's config at ``scale`` (all sections; each job keeps its binary's)."""
   settings = SCALE_SETTINGS[scale]
   config = configs.get_config(family, "fashion_mnist", settings["preset"])
   config.tickets.seeds = tuple(settings["seeds"])
   config.lottery.levels = settings["levels"][family]
-  for dotted, value in settings["overrides"].get(family, {}).items():
-    _set(config, dotted, value)
+  config.update_from_flattened_dict(settings["overrides"].get(family, {}))
   config.lottery.rewind_step = _rewind(settings["rewind"], config.train.steps)  # late resetting
   return config
 
@@ -90,11 +82,12 @@ def _rewind(spec: str, steps: int) -> str:
   return spec
 
 
-def _search(family: str, scale: str, branches: tuple[str, ...], **changes) -> ml_collections.ConfigDict:
+def _search(family: str, scale: str, branches: tuple[str, ...],
+            changes: dict | None = None) -> ml_collections.ConfigDict:
+  """The family's ``find_tickets`` config at ``scale`` with ``branches`` and dotted ``changes``."""
   config = base_config(family, scale)
   config.lottery.branches = branches
-  for dotted, value in changes.items():
-    _set(config, dotted.replace("__", "."), value)
+  config.update_from_flattened_dict(changes or {})
   return configs.for_binary(config, "find_tickets")
 
 
@@ -117,7 +110,7 @@ def _claim3(scale):
   return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
           for f in ("vae", "dcgan")] + [
       Job(f"search_{f}_rewind0", "find_tickets",
-          _search(f, scale, ("ticket",), lottery__rewind_step="0it")) for f in ("vae", "dcgan")]
+          _search(f, scale, ("ticket",), {"lottery.rewind_step": "0it"})) for f in ("vae", "dcgan")]
 
 
 def _claim4(scale):
@@ -127,7 +120,7 @@ def _claim4(scale):
     for part in configs.get_config(family).prune.parts:
       parts = {p: p == part for p in configs.get_config(family).prune.parts}
       jobs.append(Job(f"search_{family}_only_{part}", "find_tickets",
-                      _search(family, scale, ("ticket",), prune__parts=parts)))
+                      _search(family, scale, ("ticket",), {"prune.parts": parts})))
   return jobs
 
 
