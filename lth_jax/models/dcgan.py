@@ -7,7 +7,8 @@ With base width ``h`` and 32x32 images (64x64 adds one block; the hidden widths 
   Submodules ``convt0..convt3``, ``bn0..bn2`` (``bn{i}`` follows ``convt{i}``).
 * :class:`DiscriminatorBody`: Conv(C->h, k4 s2 p1)-LReLU(0.2) -> Conv(h->2h)-BN-LReLU ->
   Conv(2h->4h)-BN-LReLU -> features ``[B, 4, 4, 4h]``. Submodules ``conv0..conv2``,
-  ``bn1..bn2`` (the first conv has no BN).
+  ``bn1..bn2`` (the first conv has no BN). ``norm='layer'`` / ``'none'`` replaces the BNs by
+  LayerNorms ``ln1..ln2`` / nothing (the WGAN-GP critic, :mod:`lth_jax.models.wgan`).
 * :class:`Discriminator`: ``body`` + ``head`` Conv(4h->1, k4 VALID) -> logits ``[B]``.
 * :class:`Encoder`: ``body`` + ``head`` Conv(4h->features, k4 VALID) -> ``[B, features]``, the
   VAE / AE encoder: same param names and shapes as the discriminator apart from the head.
@@ -59,6 +60,8 @@ VAE_TO_GAN = {v: k for k, v in GAN_TO_VAE.items()}
 KERNEL_INIT = nn.initializers.normal(0.02)
 LEAKY_SLOPE = 0.2
 BN_EPSILON = 1e-5
+# DiscriminatorBody.norm: what follows its convs after the first.
+NORMS = ("batch", "layer", "none")
 
 
 def bn_scale_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
@@ -163,12 +166,16 @@ class DiscriminatorBody(nn.Module):
     image_size: input side (a power of two >= 8).
     widths: hidden channel counts in layer order (default
       ``discriminator_widths(width, image_size)``).
+    norm: what follows every conv but the first: 'batch' (BatchNorm ``bn{i}``, DCGAN), 'layer'
+      (LayerNorm ``ln{i}`` over each image's ``(H, W, C)``, the WGAN-GP critic; a gradient
+      penalty is wrong with BatchNorm) or 'none'; the convs have a bias unless a norm follows.
     dtype, param_dtype: computation and params dtypes.
   """
   width: int = 64
   channels: int = 1
   image_size: int = 32
   widths: Sequence[int] | None = None
+  norm: str = "batch"
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -176,14 +183,21 @@ class DiscriminatorBody(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Maps images ``[B, image_size, image_size, channels]`` to ``[B, 4, 4, widths[-1]]``."""
     _check_images(x, self.image_size, self.channels, "DiscriminatorBody")
+    if self.norm not in NORMS:
+      raise ValueError(f"DiscriminatorBody: norm {self.norm!r} is not one of {NORMS}")
     hidden = _resolve(self.widths, discriminator_widths(self.width, self.image_size),
                       "DiscriminatorBody")
     for i, features in enumerate(hidden):
-      x = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=i == 0,
+      normed = i > 0 and self.norm != "none"
+      x = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=not normed,
                   kernel_init=KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype,
                   conv_general_dilated=layers.conv_general_dilated, name=f"conv{i}")(x)
-      if i > 0:
+      if normed and self.norm == "batch":
         x = _batch_norm(train, f"bn{i}", self.dtype, self.param_dtype)(x)
+      elif normed:
+        # Per image over (H, W, C), a learned scale and offset per channel (WGAN-GP's critic).
+        x = nn.LayerNorm(epsilon=BN_EPSILON, reduction_axes=(1, 2, 3), feature_axes=-1,
+                         dtype=self.dtype, param_dtype=self.param_dtype, name=f"ln{i}")(x)
       x = nn.leaky_relu(x, LEAKY_SLOPE)
     return x
 
@@ -198,12 +212,15 @@ def _head(features: int, dtype: Any, param_dtype: Any) -> nn.Conv:
 class Discriminator(nn.Module):
   """DCGAN discriminator: ``body`` (:class:`DiscriminatorBody`) + ``head`` conv -> logits ``[B]``.
 
+  Also the WGAN critic (the logits are its scores; ``norm`` 'layer' or 'none' for WGAN-GP).
+
   Attributes: as :class:`DiscriminatorBody`.
   """
   width: int = 64
   channels: int = 1
   image_size: int = 32
   widths: Sequence[int] | None = None
+  norm: str = "batch"
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -211,8 +228,8 @@ class Discriminator(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Maps images ``[B, image_size, image_size, channels]`` to logits ``[B]``."""
     h = DiscriminatorBody(width=self.width, channels=self.channels, image_size=self.image_size,
-                          widths=self.widths, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name="body")(x, train=train)
+                          widths=self.widths, norm=self.norm, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="body")(x, train=train)
     return _head(1, self.dtype, self.param_dtype)(h).reshape(x.shape[0])
 
 
