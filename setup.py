@@ -18,6 +18,7 @@ CORE = [
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "pillow>=10",
+    "tqdm>=4.66",                     # progress bars (lth_jax.progress)
 ]
 
 setuptools.setup(
@@ -31,7 +32,7 @@ setuptools.setup(
     install_requires=CORE,
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-learn>=1.4",
-                 "filelock>=3.12"],
+                 "filelock>=3.12", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
         "bench": ["torch==2.13.0"],
         "notebook": ["jupyter", "ipywidgets"],
     },

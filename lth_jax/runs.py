@@ -10,7 +10,7 @@ group of same-architecture tickets, and does them here:
 * **train** (:meth:`Context.train`): the group advances together to a step, with in-stage Orbax
   checkpoints every ``train.checkpoint_every`` steps, resumed after any interruption (fused calls
   are aligned to checkpoints, so a resumed run makes the same calls: bit-identical), loss logs
-  every ``train.log_every`` steps and a progress line;
+  every ``train.log_every`` steps and a progress bar or lines (:mod:`lth_jax.progress`);
 * **evaluate and write** (:meth:`Context.finish`): each ticket is evaluated by the process that
   trained it, which writes ``<name>/metrics.json`` (and ``masks.npz``); weights worth keeping are
   saved collectively; a barrier, then every process reads every row;
@@ -39,6 +39,7 @@ from lth_jax import data as data_lib
 from lth_jax import evaluation
 from lth_jax import masks as masks_lib
 from lth_jax import parallel
+from lth_jax import progress
 from lth_jax import report
 from lth_jax import steps as steps_lib
 
@@ -157,6 +158,14 @@ class Timing(NamedTuple):
   tickets: int
 
 
+def _trained(tickets: Sequence[Ticket]) -> str:
+  """What a group trains, for its progress label: ``'ticket, random_reinit (4 tickets)'``."""
+  kinds = list(dict.fromkeys(str(t.tags.get("branch", t.tags.get("run", t.name)))
+                             for t in tickets))
+  more = f" ({len(tickets)} tickets)" if len(tickets) > len(kinds) else ""
+  return ", ".join(kinds) + more
+
+
 def _group_id(names: Sequence[str]) -> str:
   """A directory name for one group's checkpoints (a stage may train several groups)."""
   return hashlib.sha1(",".join(names).encode()).hexdigest()[:12]
@@ -234,7 +243,8 @@ class Context:
 
     Args:
       family, key: the group's architecture (default: the config's) and its runner's key.
-      label: prefix of the progress lines, e.g. ``'level 3: '``.
+      label: the stage, e.g. ``'level 3: '``; the progress bar or lines (:mod:`lth_jax.progress`)
+        are labelled with it and the group's ``branch`` (or ``run``) tags, else ticket names.
     """
     states = [t.state for t in tickets]
     cfg = self.config.train
@@ -249,21 +259,22 @@ class Context:
           manager.save(step, {"tickets": current}, force=True)
 
       first = int(states[0].step)
-      progress = report.ProgressLogger(max(until_step - first, 0), prefix=label)
       last_log = [first]
+      shown = progress.Progress(first, until_step, label=label + _trained(tickets))
 
       def on_chunk(step, metrics):
-        progress.update(step - first - progress.step)
+        shown.update(step)
         if self.is_main and cfg.log_every and (step - last_log[0] >= cfg.log_every
                                                or step == until_step):
           for ticket, values in zip(tickets, metrics):
             self.writer.write_scalars(step, values, **ticket.tags)
           last_log[0] = step
 
-      return self.runner(family, key).train(
-          states, [t.masks for t in tickets], self.train_split.images,
-          [t.run_key for t in tickets], until_step=until_step, on_boundary=save,
-          boundary_every=cfg.checkpoint_every, on_chunk=on_chunk)
+      with shown:
+        return self.runner(family, key).train(
+            states, [t.masks for t in tickets], self.train_split.images,
+            [t.run_key for t in tickets], until_step=until_step, on_boundary=save,
+            boundary_every=cfg.checkpoint_every, on_chunk=on_chunk)
 
   # ------------------------------------------------------------------------------ finish
   def finish(self, stage_dir: str, tickets: Sequence[Ticket], states: Sequence, *,
