@@ -1,5 +1,10 @@
 """Run configurations (``ml_collections.ConfigDict``) for every family, data set and preset.
 
+The common defaults live here; each family's own (``model.z_dim``, ``train.steps``, its
+optimizer, ``prune.exclude``, its paper settings) are its registered spec's
+(:class:`lth_jax.families.Spec`: ``config``, then ``presets[preset]`` after the preset's
+common changes).
+
 The files in ``experiments/configs/`` are thin wrappers around :func:`get_config`, so that
 ``--config=experiments/configs/dcgan_fmnist.py:smoke`` and a notebook's
 ``configs.get_config('dcgan', 'fashion_mnist', 'smoke')`` give the same thing.
@@ -17,11 +22,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from lth_jax import families
+
 PRESETS = ("default", "smoke", "paper")
 FEATURE_SPACES = ("classifier", "inception")
 EARLY_BIRD_KINDS = ("structured", "unstructured")
 # transfer.direction -> (source family, target family); the config is the source family's.
-TRANSFER_DIRECTIONS = {"vae_to_gan": ("vae", "dcgan"), "gan_to_vae": ("dcgan", "vae")}
+TRANSFER_DIRECTIONS = {direction: (name, t.target) for name in families.names()
+                       for direction, t in families.get(name).transfers.items()}
 TRANSFER_INIT_FROM = ("target", "source")
 # Read by every binary; then each binary's own sections.
 COMMON = ("family", "seed", "data", "model", "loss", "train", "eval", "prune")
@@ -29,14 +37,6 @@ SECTIONS = {"train": (),
             "find_tickets": ("lottery", "tickets"),
             "early_bird": ("early_bird", "lottery", "tickets"),   # lottery: early_bird.imp_levels
             "transfer": ("transfer", "lottery", "tickets")}
-
-_GAN_OPT = dict(lr=2e-4, b1=0.5, b2=0.999, weight_decay=0.0)
-_AE_OPT = dict(lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.0)
-
-
-def _parts(family: str) -> tuple[str, str]:
-  return ("generator", "discriminator") if family == "dcgan" else ("encoder", "decoder")
-
 
 def for_binary(config: ml_collections.ConfigDict, binary: str) -> ml_collections.ConfigDict:
   """An unlocked copy of ``config`` with only the ``COMMON`` sections and ``binary``'s own."""
@@ -48,10 +48,13 @@ def for_binary(config: ml_collections.ConfigDict, binary: str) -> ml_collections
 
 def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: str = "default",
                binary: str | None = None) -> ml_collections.ConfigDict:
-  """The config for one family ('ae', 'vae', 'dcgan'), data set and preset: every section, or
-  with ``binary`` (a key of ``SECTIONS``) only those that binary reads."""
-  if family not in ("ae", "vae", "dcgan"):
-    raise ValueError(f"unknown family {family!r}; expected 'ae', 'vae' or 'dcgan'")
+  """The config for one registered family (``families.names()``), data set and preset: every
+  section, or with ``binary`` (a key of ``SECTIONS``) only those that binary reads.
+
+  Raises:
+    ValueError: an unknown family or preset.
+  """
+  spec = families.get(family)
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
   c = ml_collections.ConfigDict()
@@ -62,20 +65,24 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: st
       name=dataset, image_size=64 if dataset == "celeb_a" else 32, source="auto", data_dir="",
       download=False, limit=0))
 
-  c.model = ml_collections.ConfigDict(dict(
-      width=32, z_dim={"dcgan": 100, "vae": 32, "ae": 128}[family]))
+  c.model = ml_collections.ConfigDict(dict(width=32, z_dim=100))
 
-  c.loss = ml_collections.ConfigDict(dict(kind="bce", beta=4.0))
+  c.loss = ml_collections.ConfigDict(dict(
+      kind="bce",                      # GAN loss: 'bce' | 'hinge' | 'wasserstein'
+      beta=4.0,                        # the VAE's KL weight
+      gradient_penalty=0.0))           # GAN: WGAN-GP's penalty weight (0: none)
 
   c.train = ml_collections.ConfigDict(dict(
-      steps={"dcgan": 5000, "vae": 4000, "ae": 3000}[family],
+      steps=5000,
       batch_size=64,
       steps_per_call=1,
       loop="auto",                     # steps of one call: 'unrolled' | 'rolled' | 'auto' (backend)
       precision="fp32",                # or 'bf16': mixed precision (bf16 passes, fp32 weights)
       log_every=250,
       checkpoint_every=1000,
-      optimizer=dict(_GAN_OPT if family == "dcgan" else _AE_OPT)))
+      n_critic=1,                      # GAN: D steps per G step
+      clip=0.0,                        # GAN: clip D's params to [-clip, clip] after each update
+      optimizer=dict(kind="adam", lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.0)))
 
   c.eval = ml_collections.ConfigDict(dict(
       feature_space="classifier",      # or 'inception' (needs inception_weights)
@@ -87,12 +94,8 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: st
       classifier_steps=3000,
       cache_dir=""))
 
-  parts = _parts(family)
   c.prune = ml_collections.ConfigDict(dict(
-      parts={p: True for p in parts},
-      # The paper keeps the generator's first layer and the discriminator's last layer dense.
-      exclude=("generator/convt0", "discriminator/head") if family == "dcgan" else (),
-      scope="global"))
+      parts={p: True for p in spec.parts}, exclude=(), scope="global"))
 
   c.lottery = ml_collections.ConfigDict(dict(
       levels=6,
@@ -127,6 +130,7 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: st
       init_from="target",              # or 'source'
       with_discriminator=False))       # also map D's body <-> the encoder body (paper: D dense)
 
+  c.update_from_flattened_dict(dict(spec.config))
   if preset == "smoke":
     c.data.limit = 512
     c.model.width = 8
@@ -136,9 +140,10 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: st
     c.early_bird.update(interval=2, window=2, epsilon=0.5)
   elif preset == "paper":
     c.model.width = 64
-    c.train.update(steps=15000, batch_size=64 if family == "dcgan" else 128)
-    c.lottery.update(levels=20, rewind_step="10it" if family == "dcgan" else "0it")
+    c.train.steps = 15000
+    c.lottery.levels = 20
     c.eval.update(num_samples=10000, num_test=10000)
+  c.update_from_flattened_dict(dict(spec.presets.get(preset, {})))
   if dataset in ("cifar10", "celeb_a"):
     c.eval.feature_space = "inception"  # the standard FID network; needs eval.inception_weights
   return c if binary is None else for_binary(c, binary)

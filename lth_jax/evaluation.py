@@ -17,14 +17,13 @@ import ml_collections
 import numpy as np
 
 from lth_jax import data as data_lib
+from lth_jax import families
 from lth_jax import feature_spaces
 from lth_jax import metrics
-from lth_jax import objectives
 from lth_jax import report
 from lth_jax import steps as steps_lib
 
 PyTree = Any
-PRIMARY_METRIC = {"ae": "recon_mse", "vae": "fid", "dcgan": "fid"}
 # Feature-space names: ``fid_fmnist_clf`` is FID in the Fashion-MNIST classifier's features.
 SHORT_NAMES = {"fashion_mnist": "fmnist", "celeb_a": "celeba"}
 
@@ -56,9 +55,17 @@ def feature_extractor_from_config(config: ml_collections.ConfigDict,
 
 
 def primary_metric_key(family: str, feature_name: str) -> str:
-  """The key a ticket's quality is judged by, e.g. ``'fid_fmnist_clf'`` or ``'recon_mse'``."""
-  base = PRIMARY_METRIC[family]
+  """The key a ticket's quality is judged by (the family's ``Spec.primary_metric``), e.g.
+  ``'fid_fmnist_clf'`` or ``'recon_mse'``."""
+  base = families.get(family).primary_metric
   return f"{base}_{feature_name}" if base == "fid" else base
+
+
+def primary_metric_in(family: str, columns) -> str:
+  """The primary metric's key among a result row's ``columns`` (its feature space is the one
+  the row was evaluated in)."""
+  base = families.get(family).primary_metric
+  return next(k for k in columns if k == base or base == "fid" and k.startswith("fid_"))
 
 
 @dataclasses.dataclass
@@ -111,9 +118,10 @@ class Evaluator:
                            for i in range(0, len(images), self.batch_size)])
 
   def __call__(self, family: steps_lib.Family, state: steps_lib.TrainState) -> dict:
-    """Metrics of ``state``: FID/KID/IS of ``num_samples`` samples (GAN/VAE; from
-    :func:`metrics.feature_metrics`), recon MSE and −ELBO of the test images (AE/VAE), and the
-    feature classifier's test accuracy."""
+    """Metrics of ``state``: FID/KID/IS of ``num_samples`` samples (families that generate;
+    from :func:`metrics.feature_metrics`), recon MSE of the test images (families that
+    reconstruct), the family's test losses (``Family.test_losses``, e.g. the VAE's −ELBO) and
+    the feature classifier's test accuracy."""
     out: dict[str, float] = {}
     name = self.extractor.name
     if "test_accuracy" in self.extractor.info:  # how good the feature space itself is
@@ -129,26 +137,26 @@ class Evaluator:
     if family.reconstruct is not None:
       recon = self.reconstructions(family, state, self.test_images)
       out["recon_mse"] = float(np.mean((recon - self.test_images) ** 2))
-    if family.name == "vae":
-      out["test_neg_elbo"] = self._negative_elbo(family, state)
+    if family.test_losses is not None:
+      out.update(self._test_losses(family, state))
     return out
 
-  def _negative_elbo(self, family, state) -> float:
-    """−ELBO (β = 1) per test image, eval-mode BatchNorm, one posterior sample per image."""
-    model = family.modules["model"]
+  def _test_losses(self, family, state) -> dict[str, float]:
+    """``Family.test_losses`` per test image: batch means weighted by the batch sizes (batch
+    ``i`` with key ``fold_in(self.key, i)``)."""
+    losses = family.test_losses
 
-    def batch_sum(params, stats, x, key):
-      recon, mean, logvar = model.apply({"params": params, "batch_stats": stats}, x, key,
-                                        train=False)
-      return objectives.vae_loss(x, recon, mean, logvar, beta=1.0)[0] * x.shape[0]
+    def batch_sums(params, stats, x, key):
+      return {k: v * x.shape[0] for k, v in losses(params, stats, x, key).items()}
 
-    batch_sum = self._jitted(batch_sum, key=("negative_elbo", id(model)))
-
-    total = sum(float(batch_sum(state.params, state.batch_stats,
-                                self.test_images[i:i + self.batch_size],
-                                jax.random.fold_in(self.key, i)))
-                for i in range(0, len(self.test_images), self.batch_size))
-    return total / len(self.test_images)
+    batch_sums = self._jitted(batch_sums, key=("test_losses", id(losses)))
+    totals: dict[str, float] = {}
+    for i in range(0, len(self.test_images), self.batch_size):
+      sums = batch_sums(state.params, state.batch_stats, self.test_images[i:i + self.batch_size],
+                        jax.random.fold_in(self.key, i))
+      for k, v in sums.items():
+        totals[k] = totals.get(k, 0) + float(v)
+    return {k: v / len(self.test_images) for k, v in totals.items()}
 
   def save_grid(self, family: steps_lib.Family, state: steps_lib.TrainState, path: str) -> str:
     """Samples (GAN/VAE) or test images above their reconstructions (AE) as one PNG."""

@@ -27,12 +27,14 @@ taps, plus (GAN) the D pass of G's loss, which needs no weight gradients.
 
 Training FLOPs follow the usual convention: a pass that is back-propagated costs
 :data:`TRAIN_FACTOR` = 3 forward passes (the forward and a backward of twice its cost). A train
-step runs these passes per image (:data:`TRAIN_PASSES`):
+step runs the family's passes per image (``Family.train_passes``, set by its builder):
 
-* DCGAN: D on the real batch and D on the fake batch (D's step), G on z (its VJP is reused for
-  G's step), D on the fake batch again (G's loss) — ``3 B (3 D + G)``; the last D pass only
-  back-propagates to its input, so the convention slightly over-counts D, alike for every model;
-* AE / VAE: encoder and decoder once — ``3 B (E + Dec)``.
+* GAN (:mod:`lth_jax.families.gan`): D on the real batch and D on the fake batch (D's step), G
+  on z (its VJP is reused for G's step), D on the fake batch again (G's loss) —
+  ``3 B (3 D + G)`` with one D step per G step; the last D pass only back-propagates to its
+  input, so the convention slightly over-counts D, alike for every model;
+* AE / VAE (:mod:`lth_jax.families.autoencoding`): encoder and decoder once —
+  ``3 B (E + Dec)``.
 
 Example::
 
@@ -48,7 +50,6 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lth_jax import layers
@@ -57,10 +58,6 @@ from lth_jax import masks as masks_lib
 PyTree = Any
 BN_FLOPS_PER_ELEMENT = 3
 TRAIN_FACTOR = 3
-TRAIN_PASSES = {"dcgan": {"generator": 1, "discriminator": 3},
-                "vae": {"encoder": 1, "decoder": 1},
-                "ae": {"encoder": 1, "decoder": 1}}
-SAMPLING_PART = {"dcgan": "generator", "vae": "decoder", "ae": "decoder"}
 
 
 class LayerCount(NamedTuple):
@@ -166,19 +163,6 @@ def total(counts: list[LayerCount]) -> float:
   return float(sum(c.flops for c in counts))
 
 
-def _module_inputs(family) -> list[tuple[str, nn.Module, tuple, dict]]:
-  """(prefix, module, example args, kwargs) of each forward pass that covers the family."""
-  key = jax.random.key(0)
-  if family.name == "dcgan":
-    gen, disc = family.modules["generator"], family.modules["discriminator"]
-    image = jnp.zeros((1, disc.image_size, disc.image_size, disc.channels))
-    return [("generator", gen, (jnp.zeros((1, gen.z_dim)),), {"train": False}),
-            ("discriminator", disc, (image,), {"train": False})]
-  model = family.modules["model"]
-  image = jnp.zeros((1, model.image_size, model.image_size, model.channels))
-  return [("", model, (image, key), {"train": False})]
-
-
 def family_layers(family, masks: PyTree | None = None) -> list[LayerCount]:
   """Per-layer forward FLOPs per sample of a :class:`lth_jax.steps.Family` (eval mode).
 
@@ -190,7 +174,7 @@ def family_layers(family, masks: PyTree | None = None) -> list[LayerCount]:
     Layers whose paths start with the part name (``'generator/convt0'``, ``'encoder/body/...'``).
   """
   out = []
-  for prefix, module, args, kwargs in _module_inputs(family):
+  for prefix, module, args, kwargs in family.forward_passes():
     variables = jax.eval_shape(lambda m=module, a=args, k=kwargs: m.init(jax.random.key(0), *a,
                                                                          **k))
     part_masks = masks[prefix] if masks is not None and prefix else masks
@@ -209,13 +193,14 @@ def family_forward(family, masks: PyTree | None = None) -> dict[str, float]:
 def train_step(family, masks: PyTree | None = None) -> float:
   """FLOPs of one train step of ``family.batch_size`` images (the module docstring's convention)."""
   forward = family_forward(family, masks)
-  passes = TRAIN_PASSES[family.name]
+  passes = family.train_passes
   return float(TRAIN_FACTOR * family.batch_size * sum(passes[p] * forward[p] for p in passes))
 
 
 def sample(family, masks: PyTree | None = None) -> float:
-  """Forward FLOPs per generated (GAN, VAE) or decoded (AE) image: the generator / decoder."""
-  return family_forward(family, masks)[SAMPLING_PART[family.name]]
+  """Forward FLOPs per generated (GAN, VAE) or decoded (AE) image: the family's sampling part
+  (the generator / decoder)."""
+  return family_forward(family, masks)[family.sampling_part]
 
 
 def num_params(params: PyTree, masks: PyTree | None = None) -> int:

@@ -45,6 +45,7 @@ import jax
 import ml_collections
 
 from lth_jax import branches
+from lth_jax import evaluation
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import report
@@ -195,7 +196,7 @@ def load_results(workdir: str) -> tuple[list[dict], str]:
   if not rows:
     raise FileNotFoundError(f"no finished level (level_*/done.json) in {workdir!r}")
   family = runs.read_json(os.path.join(workdir, "config.json"))["family"]
-  metric = next(k for k in rows[0] if k.startswith("fid_")) if family != "ae" else "recon_mse"
+  metric = evaluation.primary_metric_in(family, rows[0])
   return rows, metric
 
 

@@ -1,4 +1,4 @@
-"""Training objectives of the three families: AE (MSE), β-VAE and GAN (BCE or hinge).
+"""Training objectives: AE (MSE), β-VAE and GAN (BCE, hinge or Wasserstein, gradient penalty).
 
 Pure functions of arrays; every loss is a float scalar averaged over the batch. Images are
 ``[B, H, W, C]`` in [-1, 1], logits ``[B]`` (any shape works: losses average over all entries).
@@ -12,13 +12,16 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
-GAN_LOSSES = ("bce", "hinge")
+GAN_LOSSES = ("bce", "hinge", "wasserstein")
 
 
-def _check_kind(kind: str) -> None:
+def check_gan_loss(kind: str) -> None:
+  """Raises ``ValueError`` unless ``kind`` is one of :data:`GAN_LOSSES`."""
   if kind not in GAN_LOSSES:
     raise ValueError(f"unknown GAN loss kind {kind!r}; expected one of {GAN_LOSSES}")
 
@@ -82,11 +85,13 @@ def gan_d_loss(real_logits: jax.Array, fake_logits: jax.Array, *, kind: str = "b
   ``'bce'``: ``mean(softplus(-real)) + mean(softplus(fake))``, i.e. binary cross-entropy with
   targets 1 (real) and 0 (fake), as PyTorch's DCGAN ``errD_real + errD_fake``.
   ``'hinge'``: ``mean(relu(1 - real)) + mean(relu(1 + fake))``.
+  ``'wasserstein'``: ``mean(fake) - mean(real)`` (the critic's side of WGAN's estimate; the
+  logits are critic scores).
 
   Args:
     real_logits: D's logits on real images ``[B]``.
     fake_logits: D's logits on generated images ``[B']``.
-    kind: 'bce' or 'hinge'.
+    kind: 'bce', 'hinge' or 'wasserstein'.
 
   Returns:
     float32 scalar.
@@ -94,10 +99,12 @@ def gan_d_loss(real_logits: jax.Array, fake_logits: jax.Array, *, kind: str = "b
   Raises:
     ValueError: unknown ``kind``.
   """
-  _check_kind(kind)
+  check_gan_loss(kind)
   real, fake = real_logits.astype(jnp.float32), fake_logits.astype(jnp.float32)
   if kind == "bce":
     return jnp.mean(-jax.nn.log_sigmoid(real)) + jnp.mean(-jax.nn.log_sigmoid(-fake))
+  if kind == "wasserstein":
+    return jnp.mean(fake) - jnp.mean(real)
   return jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
 
 
@@ -105,11 +112,37 @@ def gan_g_loss(fake_logits: jax.Array, *, kind: str = "bce") -> jax.Array:
   """Generator loss (float32 scalar) from D's logits on generated images ``[B]``.
 
   ``kind='bce'``: the non-saturating loss ``mean(softplus(-fake)) = -mean(log sigmoid(fake))``
-  (cross-entropy with target 1); ``kind='hinge'``: ``-mean(fake)``. Another kind raises
-  ``ValueError``.
+  (cross-entropy with target 1); ``kind='hinge'`` and ``kind='wasserstein'``: ``-mean(fake)``.
+  Another kind raises ``ValueError``.
   """
-  _check_kind(kind)
+  check_gan_loss(kind)
   fake = fake_logits.astype(jnp.float32)
   if kind == "bce":
     return jnp.mean(-jax.nn.log_sigmoid(fake))
   return -jnp.mean(fake)
+
+
+def gradient_penalty(critic: Callable[[jax.Array], jax.Array], real: jax.Array, fake: jax.Array,
+                     key: jax.Array) -> jax.Array:
+  """WGAN-GP's penalty (Gulrajani et al. 2017): ``mean_b (||grad_x critic(x_b)||_2 - 1)^2``.
+
+  ``x_b = e_b real_b + (1 - e_b) fake_b`` with ``e_b ~ U[0, 1]`` per image (drawn with ``key``);
+  the gradient is that of ``sum(critic(x))`` w.r.t. the interpolates, its norm taken over each
+  image's ``H * W * C`` values (``sqrt(sum g^2 + 1e-12)``, finite at 0). Multiply by the weight
+  (WGAN-GP: 10) and add it to the critic's loss.
+
+  Args:
+    critic: images ``[B, H, W, C]`` -> scores ``[B]``.
+    real, fake: image batches of one shape ``[B, H, W, C]``.
+    key: the interpolation's key.
+
+  Returns:
+    float32 scalar.
+  """
+  _check_same_shape(real, fake, "gradient_penalty")
+  shape = (real.shape[0],) + (1,) * (real.ndim - 1)
+  e = jax.random.uniform(key, shape, jnp.float32)
+  x = e * real.astype(jnp.float32) + (1.0 - e) * fake.astype(jnp.float32)
+  grads = jax.grad(lambda v: jnp.sum(critic(v).astype(jnp.float32)))(x)
+  norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1) + 1e-12)
+  return jnp.mean(jnp.square(norms - 1.0))

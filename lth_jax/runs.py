@@ -37,6 +37,7 @@ from absl import logging
 from lth_jax import checkpointing
 from lth_jax import data as data_lib
 from lth_jax import evaluation
+from lth_jax import families
 from lth_jax import masks as masks_lib
 from lth_jax import parallel
 from lth_jax import progress
@@ -116,13 +117,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *,
 
 def family_from_config(config: ml_collections.ConfigDict, *, widths: dict | None = None,
                        bn_l1: float | dict = 0.0) -> steps_lib.Family:
-  """The config's model family (reads ``family``, ``data``, ``model``, ``train``, ``loss``)."""
-  return steps_lib.make_family(
-      config.family, channels=data_lib.num_channels(config.data.name),
-      image_size=config.data.image_size, width=config.model.width, z_dim=config.model.z_dim,
-      optimizer=dict(config.train.optimizer), batch_size=config.train.batch_size,
-      loss_kind=config.loss.kind, beta=config.loss.beta, widths=widths, bn_l1=bn_l1,
-      precision=config.train.precision)
+  """The config's model family (:func:`lth_jax.families.from_config`)."""
+  return families.from_config(config, widths=widths, bn_l1=bn_l1)
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Split, data_lib.Split]:

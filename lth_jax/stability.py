@@ -90,22 +90,12 @@ def instability(metrics: dict[float, float]) -> float:
 
 # ------------------------------------------------------------------- BatchNorm statistics
 def _train_mode_stats(family: steps_lib.Family, batch_size: int, params, stats, images, key):
-  """The ``batch_stats`` after one train-mode forward pass from ``stats`` (params unchanged)."""
+  """The ``batch_stats`` after one train-mode forward pass from ``stats`` (params unchanged):
+  ``Family.train_mode_stats`` on a batch drawn with the first half of ``key``, its noise (the
+  generator's codes, the VAE's posterior sample) from the second."""
   kx, kz = jax.random.split(key)
   x = data_lib.sample_batch(kx, images, batch_size)
-
-  def updated(module, part_params, part_stats, *inputs):
-    _, new = module.apply({"params": part_params, "batch_stats": part_stats}, *inputs,
-                          train=True, mutable=["batch_stats"])
-    return new["batch_stats"]
-
-  if family.name == "dcgan":
-    gen = family.modules["generator"]
-    z = jax.random.normal(kz, (batch_size, gen.z_dim))
-    return {"generator": updated(gen, params["generator"], stats["generator"], z),
-            "discriminator": updated(family.modules["discriminator"], params["discriminator"],
-                                     stats["discriminator"], x)}
-  return updated(family.modules["model"], params, stats, x, kz)
+  return family.train_mode_stats(params, stats, x, kz)
 
 
 def _accumulate(family, batch_size, params, start, total, images, key):

@@ -1,8 +1,10 @@
-"""Ticket transfer between a DCGAN and a VAE that share one architecture.
+"""Ticket transfer between families that share layers (the DCGAN and the VAE).
 
-The VAE's decoder has exactly the generator's names and shapes and its encoder body the
-discriminator body's (:data:`lth_jax.models.dcgan.GAN_TO_VAE`), so a mask, weights or BatchNorm
-statistics found for one family can be copied onto the other:
+A family names its transfer partners in its registered spec (``families.Spec.transfers``:
+``transfer.direction`` -> target family, the always-mapped layers and those
+``transfer.with_discriminator`` adds). The VAE's decoder has exactly the generator's names and
+shapes and its encoder body the discriminator body's (:data:`lth_jax.models.dcgan.GAN_TO_VAE`),
+so a mask, weights or BatchNorm statistics found for one family can be copied onto the other:
 
 * :func:`map_masks` / :func:`gan_to_vae_masks` / :func:`vae_to_gan_masks` — the target's own mask
   tree with the mapped layers replaced by the source's masks;
@@ -56,6 +58,7 @@ import ml_collections
 
 from lth_jax import branches
 from lth_jax import configs
+from lth_jax import families
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import runs
@@ -244,8 +247,10 @@ class Spec(NamedTuple):
 def spec_from_config(config: ml_collections.ConfigDict) -> Spec:
   """Reads and checks ``config.transfer`` against ``config.family``.
 
-  ``transfer.with_discriminator`` (default False, the paper's setting) also transfers the
-  discriminator body <-> encoder body; otherwise only generator <-> decoder carries a ticket.
+  The layers come from the source family's spec (``families.Spec.transfers[direction]``);
+  ``transfer.with_discriminator`` (default False, the paper's setting) adds its ``extra`` ones
+  (the discriminator body <-> encoder body); otherwise only generator <-> decoder carries a
+  ticket.
 
   Raises:
     validation.ConfigError: a bad field of the config (:func:`validation.check`), named.
@@ -254,8 +259,8 @@ def spec_from_config(config: ml_collections.ConfigDict) -> Spec:
   t = config.transfer
   source, target = configs.TRANSFER_DIRECTIONS[t.direction]
   with_d = bool(t.with_discriminator)
-  gan_map = dict(dcgan.GAN_TO_VAE) if with_d else {"generator": dcgan.GAN_TO_VAE["generator"]}
-  name_map = gan_map if source == "dcgan" else {v: k for k, v in gan_map.items()}
+  pair = families.get(source).transfers[t.direction]
+  name_map = {**pair.name_map, **(pair.extra if with_d else {})}
   return Spec(t.direction, source, target, t.init_from, with_d, name_map)
 
 
@@ -313,8 +318,8 @@ def derive_configs(config: ml_collections.ConfigDict
   inverse = {v: k for k, v in spec.name_map.items()}
   scope = config.prune.scope
   source.prune = _prune_section(src_shape, {_rename(p, inverse) for p in both},
-                                steps_lib.PARTS[spec.source_family], scope)
-  target.prune = _prune_section(tgt_shape, both, steps_lib.PARTS[spec.target_family], scope)
+                                families.get(spec.source_family).parts, scope)
+  target.prune = _prune_section(tgt_shape, both, families.get(spec.target_family).parts, scope)
   for cfg, fam, shape, want in ((source, src_family, src_shape,
                                  {_rename(p, inverse) for p in both}),
                                 (target, tgt_family, tgt_shape, both)):

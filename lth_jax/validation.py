@@ -27,6 +27,7 @@ import ml_collections
 from lth_jax import branches as branches_lib
 from lth_jax import configs
 from lth_jax import data as data_lib
+from lth_jax import families
 from lth_jax import feature_spaces
 from lth_jax import masks as masks_lib
 from lth_jax import metrics
@@ -197,11 +198,26 @@ def _train(config) -> None:
     _int(config, "train." + field, minimum)
   _choice(config, "train.loop", steps_lib.LOOPS)
   _choice(config, "train.precision", tuple(steps_lib.PRECISIONS))
+  _int(config, "train.n_critic", 1)
+  _number(config, "train.clip", lambda x: x >= 0, ">= 0")
   _section(config, "train.optimizer", configs.get_config(config.family).train.optimizer)
+  _choice(config, "train.optimizer.kind", steps_lib.OPTIMIZERS)
   _number(config, "train.optimizer.lr", lambda x: x > 0, "> 0")
   for field in ("b1", "b2"):
     _number(config, "train.optimizer." + field, lambda x: 0 <= x < 1, "in [0, 1)")
   _number(config, "train.optimizer.weight_decay", lambda x: x >= 0, ">= 0")
+
+
+def _gan_only(config, kind: str) -> None:
+  """The GAN training fields keep their defaults in a family of another kind."""
+  if kind == "gan":
+    return
+  defaults = configs.get_config(config.family)
+  for field in ("train.n_critic", "train.clip", "loss.gradient_penalty"):
+    if _get(config, field) != _get(defaults, field):
+      raise ConfigError(f"{field}={_get(config, field)!r} applies to GAN families only; family "
+                        f"{config.family!r} is of kind {kind!r}: leave it at "
+                        f"{_get(defaults, field)!r}")
 
 
 def _eval(config, family: str) -> None:
@@ -216,8 +232,9 @@ def _eval(config, family: str) -> None:
                       f"{metrics.IS_SPLITS} splits), got {samples}")
   _int(config, "eval.num_test", 2)   # FID needs a covariance
   _int(config, "eval.batch_size", 1)
-  # The AE's grid is half test images, half their reconstructions.
-  _int(config, "eval.grid_size", 2 if family == "ae" else 1)
+  # A family that does not generate shows half test images, half their reconstructions.
+  generates = families.from_config(config).generate is not None
+  _int(config, "eval.grid_size", 1 if generates else 2)
   _int(config, "eval.classifier_steps", 1)
   _typed(config, "eval.cache_dir", str)
   if space == "classifier":
@@ -266,7 +283,7 @@ def _classifier_data(config) -> None:
 
 def _prune(config, family: str, prunes: bool) -> list[str]:
   """Checks ``prune``; returns the parts it prunes (``prunes``: the binary needs one)."""
-  parts = steps_lib.PARTS[family]
+  parts = families.get(family).parts
   switches = config.prune.parts
   if not isinstance(switches, (ml_collections.ConfigDict, dict)):
     raise ConfigError(f"prune.parts must be a section {{part: bool}}, got {switches!r}")
@@ -313,9 +330,8 @@ def _kernel_paths(config) -> tuple[str, ...]:
   key = (config.family, config.data.name, config.data.image_size, config.model.width,
          config.model.z_dim, config.loss.kind, config.train.precision)
   if key not in _KERNELS:
-    from lth_jax import runs  # pylint: disable=import-outside-toplevel  # heavy imports
     # Built inside the trace: the family's constants and the key stay abstract.
-    state = jax.eval_shape(lambda: runs.family_from_config(config).init(jax.random.key(0)))
+    state = jax.eval_shape(lambda: families.from_config(config).init(jax.random.key(0)))
     _KERNELS[key] = tuple(path for path, leaf in masks_lib.leaves_with_paths(state.params)
                           if len(leaf.shape) >= 2)
   return _KERNELS[key]
@@ -402,9 +418,9 @@ def check(config: ml_collections.ConfigDict, binary: str) -> None:
     if field not in config:
       raise ConfigError(f"the config has no {field}")
   family = _typed(config, "family", str)
-  if family not in steps_lib.FAMILIES:
+  if family not in families.names():
     raise ConfigError(f"family: unknown model family {family!r}; expected one of "
-                      f"{steps_lib.FAMILIES}")
+                      f"{families.names()}")
   _int(config, "seed", 0)
   defaults = configs.get_config(family)
   for name in configs.COMMON[2:] + configs.SECTIONS[binary]:
@@ -414,7 +430,9 @@ def check(config: ml_collections.ConfigDict, binary: str) -> None:
   _int(config, "model.z_dim", 1)
   _choice(config, "loss.kind", objectives.GAN_LOSSES)
   _number(config, "loss.beta", lambda x: x >= 0, ">= 0")
+  _number(config, "loss.gradient_penalty", lambda x: x >= 0, ">= 0")
   _train(config)
+  _gan_only(config, families.get(family).kind)
   _eval(config, family)
   pruned = _prune(config, family, prunes=binary != "train")
   if binary == "train":
