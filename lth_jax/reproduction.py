@@ -8,6 +8,9 @@ extended with SNIP/GraSP/SynFlow by claim 2 and with the one-shot branch by clai
 resumes and skips finished stages; a job whose ``job_done.json`` matches its config is not
 started at all, so a second run of the same command trains nothing.
 
+The families are the registered ones with a ``families.Reproduction`` (their IMP levels and
+config changes per scale, and the claims they take part in; :func:`claim_families`).
+
 Scales (:data:`SCALES`): ``smoke`` (CI: smoke presets, 2 seeds, 1 level, claim 1/2/7 on the AE
 only, one early-bird sparsity), ``cpu`` (this
 repository's 2-core reference: narrow models, ≥ 3 seeds, the paper's level counts) and ``gpu``
@@ -26,33 +29,35 @@ import ml_collections
 
 from lth_jax import configs
 from lth_jax import early_bird
+from lth_jax import families as families_lib
 from lth_jax import lottery
 from lth_jax import runs
 from lth_jax import stability
 from lth_jax import transfer
 
 SCALES = ("smoke", "cpu", "gpu")
-FAMILIES = ("ae", "vae", "dcgan")
 CLAIM_BRANCHES = ("ticket", "random_reinit", "random_pruning")
 INIT_BRANCHES = ("snip", "grasp", "synflow")
 EB_SPARSITIES = (0.3, 0.5, 0.6, 0.75)
 
-# Per scale: preset, seeds, IMP levels per family (20% per level: 1 - 0.8**L pruned), config
-# overrides per family. 'cpu' sizes: the narrowest models whose dense samples look like clothes
-# (width 16 DCGAN at 4000 steps, BENCHMARKS/issue 14 sizing facts), rewind 2% of training.
+# Per scale: preset, seeds, rewind (2% of training), early-bird sparsities, and the families of
+# claims 1, 2 and 7 (None: every reproduced family). IMP levels (20% per level: 1 - 0.8**L
+# pruned) and config changes per family are the families' (``Reproduction``); 'cpu' sizes: the
+# narrowest models whose dense samples look like clothes (BENCHMARKS/issue 14 sizing facts).
 SCALE_SETTINGS = {
-    "smoke": dict(preset="smoke", seeds=(0, 1), levels={"ae": 1, "vae": 1, "dcgan": 1},
-                  transfer_levels=1, rewind="2it", overrides={}, families=("ae",),
-                  eb_sparsities=(0.5,)),
-    "cpu": dict(preset="default", seeds=(0, 1, 2), levels={"ae": 20, "vae": 12, "dcgan": 10},
-                transfer_levels=10, rewind="2%", families=FAMILIES, eb_sparsities=EB_SPARSITIES,
-                overrides={"ae": {"model.width": 16, "train.steps": 1500},
-                           "vae": {"model.width": 16, "train.steps": 2000},
-                           "dcgan": {"model.width": 16, "train.steps": 4000}}),
-    "gpu": dict(preset="paper", seeds=(0, 1, 2, 3, 4), levels={"ae": 20, "vae": 12, "dcgan": 10},
-                transfer_levels=10, rewind="2%", overrides={}, families=FAMILIES,
-                eb_sparsities=EB_SPARSITIES),
+    "smoke": dict(preset="smoke", seeds=(0, 1), transfer_levels=1, rewind="2it",
+                  families=("ae",), eb_sparsities=(0.5,)),
+    "cpu": dict(preset="default", seeds=(0, 1, 2), transfer_levels=10, rewind="2%",
+                families=None, eb_sparsities=EB_SPARSITIES),
+    "gpu": dict(preset="paper", seeds=(0, 1, 2, 3, 4), transfer_levels=10, rewind="2%",
+                families=None, eb_sparsities=EB_SPARSITIES),
 }
+
+
+def claim_families(claim: int) -> tuple[str, ...]:
+  """The registered families whose ``Reproduction.claims`` include ``claim``, in registry order."""
+  return tuple(name for name in families_lib.names()
+               if (r := families_lib.get(name).reproduction) is not None and claim in r.claims)
 
 
 @dataclasses.dataclass
@@ -67,10 +72,11 @@ class Job:
 def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
   """The family's config at ``scale`` (all sections; each job keeps its binary's)."""
   settings = SCALE_SETTINGS[scale]
+  plan = families_lib.get(family).reproduction
   config = configs.get_config(family, "fashion_mnist", settings["preset"])
   config.tickets.seeds = tuple(settings["seeds"])
-  config.lottery.levels = settings["levels"][family]
-  config.update_from_flattened_dict(settings["overrides"].get(family, {}))
+  config.lottery.levels = plan.levels[scale]
+  config.update_from_flattened_dict(dict(plan.overrides.get(scale, {})))
   config.lottery.rewind_step = _rewind(settings["rewind"], config.train.steps)  # late resetting
   return config
 
@@ -93,7 +99,9 @@ def _search(family: str, scale: str, branches: tuple[str, ...],
 
 # ----------------------------------------------------------------------------- the claims
 def _families(scale):
-  return SCALE_SETTINGS[scale]["families"]
+  """Claims 1, 2 and 7's families at ``scale``."""
+  only = SCALE_SETTINGS[scale]["families"]
+  return tuple(f for f in claim_families(1) if only is None or f in only)
 
 
 def _claim1(scale):
@@ -108,15 +116,16 @@ def _claim2(scale):
 
 def _claim3(scale):
   return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
-          for f in ("vae", "dcgan")] + [
+          for f in claim_families(3)] + [
       Job(f"search_{f}_rewind0", "find_tickets",
-          _search(f, scale, ("ticket",), {"lottery.rewind_step": "0it"})) for f in ("vae", "dcgan")]
+          _search(f, scale, ("ticket",), {"lottery.rewind_step": "0it"}))
+      for f in claim_families(3)]
 
 
 def _claim4(scale):
   jobs = [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + ("one_shot",)))
-          for f in ("vae", "dcgan")]
-  for family in ("vae", "dcgan"):
+          for f in claim_families(4)]
+  for family in claim_families(4):
     for part in configs.get_config(family).prune.parts:
       parts = {p: p == part for p in configs.get_config(family).prune.parts}
       jobs.append(Job(f"search_{family}_only_{part}", "find_tickets",
@@ -127,7 +136,7 @@ def _claim4(scale):
 def _claim5(scale):
   jobs = []
   for direction in configs.TRANSFER_DIRECTIONS:
-    config = base_config("vae" if direction == "vae_to_gan" else "dcgan", scale)
+    config = base_config(configs.TRANSFER_DIRECTIONS[direction][0], scale)
     config.lottery.levels = SCALE_SETTINGS[scale]["transfer_levels"]
     config.lottery.branches = CLAIM_BRANCHES
     config.transfer.direction = direction
@@ -137,7 +146,7 @@ def _claim5(scale):
 
 def _claim6(scale):
   jobs = []
-  for family in ("dcgan", "vae"):
+  for family in claim_families(6):
     for sparsity in SCALE_SETTINGS[scale]["eb_sparsities"]:
       config = base_config(family, scale)
       config.early_bird.update(sparsity=sparsity, scratch_baseline=True, dense_baseline=True)

@@ -18,13 +18,17 @@ import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from lth_jax import configs
+from lth_jax import families
 from lth_jax import lottery
 from lth_jax import report
 from lth_jax import reproduction
 from lth_jax import runs
 
-# The paper's Table 1 winning-ticket sparsity (%) of our three networks (conv AE: CIFAR-10).
-PAPER_WINNING = {"ae": 95.6, "vae": 86.5, "dcgan": 83.2}
+
+def paper_winning(family: str) -> float:
+  """The paper's Table 1 winning-ticket sparsity (%) of ``family`` (its ``Reproduction``)."""
+  return families.get(family).reproduction.winning
 
 
 class Section(NamedTuple):
@@ -95,7 +99,7 @@ def winning_levels(stats: dict, metric: str) -> list[tuple[int, float, bool]]:
 
 def claim1(workdir: str, results_dir: str) -> Section:
   body, holds, csv = [], [], []
-  for family in reproduction.FAMILIES:
+  for family in reproduction.claim_families(1):
     rows, metric = search_rows(workdir, f"search_{family}")
     if not rows:
       continue
@@ -105,12 +109,12 @@ def claim1(workdir: str, results_dir: str) -> Section:
     levels = winning_levels(stats, metric)
     won = [100 * s for _, s, w in levels if w]
     best = max(won) if won else 0.0
-    holds.append(best >= PAPER_WINNING[family])
+    holds.append(best >= paper_winning(family))
     report.plot_metric_vs_sparsity(
         [r for r in rows if r["branch"] in ("dense",) + reproduction.CLAIM_BRANCHES], metric,
         os.path.join(results_dir, f"claim1_{family}.png"), title=f"{family}: {metric}")
     body.append(f"### {family} (`{metric}`)\n\n{table}\n\nHighest winning sparsity: "
-                f"**{best:.1f}%** (paper, Table 1: {PAPER_WINNING[family]}%). Winning levels: "
+                f"**{best:.1f}%** (paper, Table 1: {paper_winning(family)}%). Winning levels: "
                 f"{[lv for lv, _, w in levels if w] or 'none'}.\n\n"
                 f"![{family}](claim1_{family}.png)\n")
   return Section(1, reproduction.CLAIMS[1][0], verdict(holds), "\n".join(body), csv)
@@ -124,7 +128,7 @@ def _beats(stats: dict, metric: str, mine: tuple, theirs: Sequence[tuple]) -> bo
 
 def claim2(workdir: str, results_dir: str) -> Section:
   body, holds, csv = [], [], []
-  for family in reproduction.FAMILIES:
+  for family in reproduction.claim_families(2):
     rows, metric = search_rows(workdir, f"search_{family}")
     rows = [r for r in rows if r["branch"] in ("dense", "ticket") + reproduction.INIT_BRANCHES]
     if not any(r["branch"] in reproduction.INIT_BRANCHES for r in rows):
@@ -168,7 +172,7 @@ def _paired(workdir: str, family: str, mine: str, theirs: str, branch_mine: str,
 
 def claim3(workdir: str, results_dir: str) -> Section:
   holds, body, csv = [], [], []
-  for family in ("vae", "dcgan"):
+  for family in reproduction.claim_families(3):
     h, text, rows = _paired(workdir, family, f"search_{family}", f"search_{family}_rewind0",
                             "ticket", "ticket")
     holds += h
@@ -179,8 +183,8 @@ def claim3(workdir: str, results_dir: str) -> Section:
 
 def claim4(workdir: str, results_dir: str) -> Section:
   holds, body, csv = [], [], []
-  for family in ("vae", "dcgan"):
-    for part in ("encoder", "decoder") if family == "vae" else ("generator", "discriminator"):
+  for family in reproduction.claim_families(4):
+    for part in families.get(family).parts:
       h, text, rows = _paired(workdir, family, f"search_{family}", f"search_{family}_only_{part}",
                               "ticket", "ticket")
       holds += h
@@ -199,7 +203,7 @@ def claim4(workdir: str, results_dir: str) -> Section:
 
 def claim5(workdir: str, results_dir: str) -> Section:
   holds, body, csv = [], [], []
-  for direction in ("vae_to_gan", "gan_to_vae"):
+  for direction in configs.TRANSFER_DIRECTIONS:
     path = os.path.join(workdir, f"transfer_{direction}", "results.csv")
     if not os.path.exists(path):
       continue
@@ -223,7 +227,7 @@ def claim6(workdir: str, results_dir: str) -> Section:
            "FID ratio (same widths, scratch) | all three targets |",
            "|---|---:|---:|---:|---|---|---|"]
   holds, csv = [], []
-  for family in ("dcgan", "vae"):
+  for family in reproduction.claim_families(6):
     for sparsity in reproduction.EB_SPARSITIES:
       path = os.path.join(workdir, f"early_bird_{family}_{sparsity:g}", "results.csv")
       if not os.path.exists(path):
@@ -249,7 +253,7 @@ def claim6(workdir: str, results_dir: str) -> Section:
 def claim7(workdir: str, results_dir: str) -> Section:
   """Instability per level (mean ± std over seeds) beside whether the ticket wins there."""
   body, csv, measured = [], [], False
-  for family in reproduction.FAMILIES:
+  for family in reproduction.claim_families(7):
     path = os.path.join(workdir, f"stability_{family}", "stability.csv")
     rows, metric = search_rows(workdir, f"search_{family}")
     if not os.path.exists(path) or not rows:
@@ -299,7 +303,7 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
             "CIFAR-10, CelebA, MNIST). 20% of the remaining weights pruned per level.", "",
             "| family | width | steps | batch | levels (pruned %) | rewind | seeds |",
             "|---|---:|---:|---:|---|---|---|"]
-  for family in reproduction.FAMILIES:
+  for family in reproduction.claim_families(1):
     c = reproduction.base_config(family, scale)
     lines.append(f"| {family} | {c.model.width} | {c.train.steps} | {c.train.batch_size} | "
                  f"{c.lottery.levels} ({100 * (1 - 0.8 ** c.lottery.levels):.1f}%) | "
