@@ -30,7 +30,7 @@ def build(name: str, model, settings: families.Settings, *, variational: bool,
   s = settings
   train_model = model.clone(dtype=s.compute_dtype)   # the training step's passes; the rest fp32
   optimizers = {"all": steps.optimizer(s.optimizer)}
-  dummy = jnp.zeros((1, s.image_size, s.image_size, s.channels))
+  image = (1, s.image_size, s.image_size, s.channels)   # arrays are made in the functions
 
   def forward(params, batch_stats, x, key, train, module=model):
     """The model's outputs (float32, whatever the compute dtype) and BatchNorm statistics."""
@@ -59,7 +59,7 @@ def build(name: str, model, settings: families.Settings, *, variational: bool,
 
   def init(key):
     kp, kr = jax.random.split(key)
-    variables = model.init(kp, dummy, kr, train=False)
+    variables = model.init(kp, jnp.zeros(image), kr, train=False)
     return steps.init_state(variables["params"], variables.get("batch_stats", {}), optimizers)
 
   def train_step(state: steps.TrainState, masks, images, key):
@@ -76,7 +76,7 @@ def build(name: str, model, settings: families.Settings, *, variational: bool,
 
   def synflow_output(params, batch_stats):
     variables = {"params": params, "batch_stats": batch_stats}
-    return jnp.sum(model.apply(variables, jnp.ones_like(dummy), train=False,
+    return jnp.sum(model.apply(variables, jnp.ones(image), train=False,
                                method=model.synflow_forward))
 
   def reconstruct(params, batch_stats, batch):
@@ -84,7 +84,7 @@ def build(name: str, model, settings: families.Settings, *, variational: bool,
     return model.apply(variables, batch, train=False, method=model.reconstruct)
 
   def forward_passes():
-    return [("", model, (jnp.zeros_like(dummy), jax.random.key(0)), {"train": False})]
+    return [("", model, (jnp.zeros(image), jax.random.key(0)), {"train": False})]
 
   def train_mode_stats(params, batch_stats, batch, key):
     """The model on ``batch`` in train mode (``key``: the VAE's posterior sample)."""
