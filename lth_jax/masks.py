@@ -46,10 +46,15 @@ def key_name(key) -> str:
   return str(key)
 
 
+def _path_names(path: Sequence[Any]) -> list[str]:
+  """A key path's elements as strings; nnx ``Variable.value`` steps are left out."""
+  return [key_name(k) for k in path
+          if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value")]
+
+
 def path_str(path: Sequence[Any]) -> str:
   """A key path as ``'generator/convt1/kernel'`` (nnx ``Variable.value`` steps are left out)."""
-  return "/".join(key_name(k) for k in path
-                  if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value"))
+  return "/".join(_path_names(path))
 
 
 def default_prunable(path: str, leaf) -> bool:
@@ -194,7 +199,7 @@ def save(path: str | os.PathLike, masks: PyTree, *, overwrite: bool = False) -> 
   flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
   manifest, arrays = [], {}
   for i, (p, m) in enumerate(flat):
-    manifest.append({"path": [key_name(k) for k in p], "none": m is None})
+    manifest.append({"path": _path_names(p), "none": m is None})
     if m is not None:
       arrays[f"leaf_{i}"] = np.asarray(m, dtype=bool)
   arrays["__manifest__"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
