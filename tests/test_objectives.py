@@ -65,6 +65,38 @@ def test_gan_hinge_losses_by_hand():
   np.testing.assert_allclose(objectives.gan_g_loss(fake, kind="hinge"), 0.75, rtol=1e-6)
 
 
+def test_gan_wasserstein_losses_by_hand():
+  real = jnp.array([0.5, 2.0, -1.0])
+  fake = jnp.array([-2.0, 0.5])
+  # Critic: mean(fake) - mean(real) = -0.75 - 0.5; generator: -mean(fake) = 0.75.
+  np.testing.assert_allclose(objectives.gan_d_loss(real, fake, kind="wasserstein"), -1.25,
+                             rtol=1e-6)
+  np.testing.assert_allclose(objectives.gan_g_loss(fake, kind="wasserstein"), 0.75, rtol=1e-6)
+
+
+def test_gradient_penalty_of_a_linear_critic_by_hand():
+  """A linear critic's gradient is its weights at every interpolate: (||w|| - 1)^2 whatever
+  the interpolation draws."""
+  w = jnp.zeros((2, 2, 1)).at[0, 0, 0].set(2.0).at[1, 1, 0].set(-1.0)      # ||w|| = sqrt(5)
+  critic = lambda x: jnp.sum(x * w, axis=(1, 2, 3))
+  real, fake = jnp.ones((3, 2, 2, 1)), -jnp.ones((3, 2, 2, 1))
+  for seed in range(3):
+    np.testing.assert_allclose(
+        objectives.gradient_penalty(critic, real, fake, jax.random.key(seed)),
+        (math.sqrt(5.0) - 1.0) ** 2, rtol=1e-6)
+
+
+def test_gradient_penalty_of_a_quadratic_critic_by_hand():
+  """critic(x) = sum(x^2): the gradient at the interpolate is 2x; with real = fake = c the
+  interpolate is c, so the penalty is (2 |c| sqrt(N) - 1)^2 over N = H*W*C values."""
+  c = jnp.full((2, 3, 3, 1), 0.25)
+  penalty = objectives.gradient_penalty(lambda x: jnp.sum(x ** 2, axis=(1, 2, 3)), c, c,
+                                        jax.random.key(0))
+  np.testing.assert_allclose(penalty, (2 * 0.25 * 3.0 - 1.0) ** 2, rtol=1e-5)
+  with pytest.raises(ValueError, match="gradient_penalty: images"):
+    objectives.gradient_penalty(lambda x: x[:, 0, 0, 0], c, c[:1], jax.random.key(0))
+
+
 def test_bce_is_stable_for_huge_logits():
   big = jnp.array([1e4, -1e4])
   for value in (objectives.gan_d_loss(big, -big), objectives.gan_g_loss(big),
