@@ -95,7 +95,7 @@ def test_unknown_family_and_bad_steps_per_call():
     steps.multi_step(family("ae"), 0)
 
 
-@pytest.mark.parametrize("name", steps.FAMILIES)
+@pytest.mark.parametrize("name", ("ae", "vae", "dcgan"))
 def test_scoring_functions_are_finite(name):
   fam = family(name)
   state = fam.init(jax.random.key(0))
@@ -105,7 +105,7 @@ def test_scoring_functions_are_finite(name):
   assert float(fam.synflow_output(jax.tree.map(jnp.abs, state.params), state.batch_stats)) > 0
 
 
-@pytest.mark.parametrize("name", steps.FAMILIES)
+@pytest.mark.parametrize("name", ("ae", "vae", "dcgan"))
 def test_family_channel_layout_matches_its_params(name):
   """Every group the family lists has ``size`` channels on its producer's kernel outputs, its
   consumer's kernel inputs and its BatchNorm; groups come in ``parts`` order, and every
