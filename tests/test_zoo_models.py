@@ -168,7 +168,7 @@ def test_channel_groups_cover_every_batchnorm(name):
 
 
 def test_resnet_vae_channel_groups_and_transfer_trees():
-  gen, disc, gv, dv = gan_shapes("resnet", z_dim=Z)
+  _, _, gv, dv = gan_shapes("resnet", z_dim=Z)
   model = resnet.VAE(width=W, channels=1, image_size=32, z_dim=Z)
   vv = init_shapes(model, images(32, 1), KEY, train=False)
   gan_tree = {"generator": gv["params"], "discriminator": dv["params"]}
@@ -194,7 +194,7 @@ def test_wgan_critic_norms():
   assert layer["params"]["body"]["ln2"]["scale"].shape == (4 * W,)
   assert set(none["params"]["body"]) == {"conv0", "conv1", "conv2"}
   assert all("bias" in p for p in none["params"]["body"].values())
-  with pytest.raises(ValueError, match="norm 'group'"):
+  with pytest.raises(ValueError, match="unknown DiscriminatorBody.norm 'group'"):
     init_shapes(wgan.Critic(width=W, channels=3, norm="group"), x, train=False)
 
 

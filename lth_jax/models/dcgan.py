@@ -184,7 +184,8 @@ class DiscriminatorBody(nn.Module):
     """Maps images ``[B, image_size, image_size, channels]`` to ``[B, 4, 4, widths[-1]]``."""
     _check_images(x, self.image_size, self.channels, "DiscriminatorBody")
     if self.norm not in NORMS:
-      raise ValueError(f"DiscriminatorBody: norm {self.norm!r} is not one of {NORMS}")
+      field = f"{type(self).__name__}.norm"
+      raise ValueError(f"unknown {field} {self.norm!r}; expected one of {NORMS}")
     hidden = _resolve(self.widths, discriminator_widths(self.width, self.image_size),
                       "DiscriminatorBody")
     for i, features in enumerate(hidden):

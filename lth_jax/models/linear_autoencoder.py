@@ -34,14 +34,9 @@ import jax.numpy as jnp
 PAPER_WIDTH = 96
 
 
-def _resolve(widths: Sequence[int] | None, width: int, owner: str) -> tuple[int, ...]:
-  if widths is None:
-    return (width,)
-  widths = tuple(int(w) for w in widths)
-  if not widths or min(widths) < 1:
-    raise ValueError(f"{owner}: widths {widths} must be positive hidden-layer sizes "
-                     f"(default {(width,)})")
-  return widths
+def _hidden(widths: Sequence[int] | None, width: int) -> tuple[int, ...]:
+  """The hidden sizes: ``widths`` (any number, none for a linear map) or ``(width,)``."""
+  return (width,) if widths is None else tuple(int(w) for w in widths)
 
 
 class Encoder(nn.Module):
@@ -62,7 +57,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
-    for i, features in enumerate(_resolve(self.widths, self.width, "Encoder")):
+    for i, features in enumerate(_hidden(self.widths, self.width)):
       x = nn.relu(nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype,
                            name=f"dense{i}")(x))
     return nn.Dense(self.z_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="code")(x)
@@ -86,7 +81,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array, activate: bool = True) -> jax.Array:
-    for i, features in enumerate(_resolve(self.widths, self.width, "Decoder")):
+    for i, features in enumerate(_hidden(self.widths, self.width)):
       z = nn.relu(nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype,
                            name=f"dense{i}")(z))
     shape = (self.image_size, self.image_size, self.channels)
@@ -116,7 +111,7 @@ class AutoEncoder(nn.Module):
   param_dtype: Any = jnp.float32
 
   def setup(self):
-    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     self.encoder = Encoder(self.z_dim, self.width, self.encoder_widths, **dtypes)
     self.decoder = Decoder(self.channels, self.image_size, self.width, self.decoder_widths,
                            **dtypes)
@@ -124,9 +119,9 @@ class AutoEncoder(nn.Module):
   def encode(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Codes ``[B, z_dim]`` (``train`` has no effect: no BatchNorm)."""
     del train
-    shape = (self.image_size, self.image_size, self.channels)
-    if x.ndim != 4 or x.shape[1:] != shape:
-      raise ValueError(f"AutoEncoder expects images [B, {', '.join(map(str, shape))}]; "
+    if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, self.channels):
+      owner, size = type(self).__name__, self.image_size
+      raise ValueError(f"{owner} expects images [B, {size}, {size}, {self.channels}]; "
                        f"got shape {x.shape}")
     return self.encoder(x)
 

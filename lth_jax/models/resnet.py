@@ -52,9 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax import layers
-from lth_jax.models import dcgan
-from lth_jax.models import layout
-from lth_jax.models import vae
+from lth_jax.models import dcgan, layout, vae
 
 # Table 1's 2.2M ResNet-DCGAN at 32x32x3 (z_dim 128): measured 2,257,924 params (+2.6%;
 # G 1,204,099 incl. BatchNorm, D 1,053,825), Gulrajani et al.'s 128 channels.
@@ -83,7 +81,7 @@ def _resolve(widths: Sequence[int] | None, n: int, width: int, owner: str) -> tu
   widths = tuple(int(w) for w in widths)
   if len(widths) != n or min(widths) < 1:
     raise ValueError(f"{owner}: widths {widths} must be {n} positive channel counts (one per "
-                     f"block's first conv, default {(width,) * n})")
+                     f"hidden layer, default {(width,) * n})")
   return widths
 
 
@@ -307,8 +305,8 @@ class VAE(vae.VAE):
   z_dim: int = 128
 
   def setup(self):
-    shape = dict(width=self.width, channels=self.channels, image_size=self.image_size,
-                 dtype=self.dtype, param_dtype=self.param_dtype)
+    shape = {"width": self.width, "channels": self.channels, "image_size": self.image_size,
+             "dtype": self.dtype, "param_dtype": self.param_dtype}
     self.encoder = Encoder(features=2 * self.z_dim, widths=self.encoder_widths, **shape)
     self.decoder = Generator(z_dim=self.z_dim, widths=self.decoder_widths, **shape)
 

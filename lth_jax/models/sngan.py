@@ -50,8 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from lth_jax import layers
-from lth_jax.models import dcgan
-from lth_jax.models import layout
+from lth_jax.models import dcgan, layout
 
 # Table 1's 6.7M SNGAN at 32x32x3 (z_dim 128): measured 6,740,612 params (+0.6%; G 3,804,739
 # incl. BatchNorm, D 2,935,873).
@@ -226,11 +225,12 @@ class Discriminator(nn.Module):
         (apply with ``mutable=['batch_stats']``); False stores nothing.
     """
     if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, self.channels):
-      raise ValueError(f"Discriminator expects images [B, {self.image_size}, {self.image_size}, "
-                       f"{self.channels}]; got shape {x.shape}")
+      owner, size = type(self).__name__, self.image_size
+      raise ValueError(f"{owner} expects images [B, {size}, {size}, {self.channels}]; "
+                       f"got shape {x.shape}")
     hidden = _resolve(self.widths, discriminator_widths(self.width, self.image_size),
                       "Discriminator")
-    dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     for i, features in enumerate(hidden):
       # Even layers k3 s1 p1 keep the size, odd ones k4 s2 p1 halve it; the last is k3.
       kernel, stride = (3, 1) if i % 2 == 0 else (4, 2)

@@ -24,8 +24,7 @@ Example::
 
 from __future__ import annotations
 
-from lth_jax.models import dcgan
-from lth_jax.models import layout
+from lth_jax.models import dcgan, layout
 
 # Table 1's 6.5M WGAN at 32x32x3 (z_dim 100): measured 6,086,020 params (-6%; G 3,448,579 and
 # critic 2,637,441 with norm 'batch' or 'layer', 2,636,673 with 'none').
