@@ -3,7 +3,7 @@
 :class:`Progress` shows one training stage (a group of tickets going from one step to another):
 
 * ``'terminal'``: a tqdm bar on stderr when stderr is a terminal,
-  ``level 3: ticket, random_reinit:  45%|████▌     | 2250/5000 [01:02<01:16, 36.10 steps/s]``;
+  ``level 3: ticket:  45%|████▌     | 2250/5000 [01:02<01:16, 36.10 steps/s]``;
 * ``'notebook'``: the same bar as a Jupyter widget (tqdm's notebook bar, which needs
   ``ipywidgets``: Colab has it, ``pip install -e '.[notebook]'`` installs it);
 * ``'log'``: plain absl log lines at most once a minute,
