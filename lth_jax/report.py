@@ -31,9 +31,6 @@ from typing import Any
 import numpy as np
 import tensorboardX
 from absl import logging
-from matplotlib import ticker
-from matplotlib.backends import backend_agg
-from matplotlib.figure import Figure
 from PIL import Image
 
 Row = Mapping[str, Any]
@@ -414,7 +411,13 @@ def plot_metric_vs_sparsity(rows: Sequence[Row], metric: str, path: str | os.Pat
   order = list(branches_order) if branches_order is not None else names
   names = [b for b in order if b in names] + sorted(b for b in names if b not in order)
 
-  fig = Figure(figsize=(6.4, 4.2), dpi=100)
+  # Imported here: matplotlib takes ~1 CPU-s to import, which every binary would pay at start-up
+  # (also the runs refused for bad input) although only finished stages plot.
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+
+  fig = figure.Figure(figsize=(6.4, 4.2), dpi=100)
   backend_agg.FigureCanvasAgg(fig)
   ax = fig.add_subplot()
   xs_all = []
