@@ -129,25 +129,6 @@ def _binary(workdir, *overrides, config="ae_fmnist.py:smoke"):
           f"--config={ROOT}/experiments/configs/{config}", f"--workdir={workdir}", *overrides]
 
 
-@needs_fmnist
-def test_bad_inputs_fail_before_training_with_one_message(tmp_path):
-  for overrides, message in [(["--config.lottery.rate=1.5"], "lottery.rate must be in"),
-                             (["--config.data.name=svhn"], "svhn"),
-                             (["--config.family=wgan"], "unknown model family")]:
-    out = subprocess.run(_binary(tmp_path / "bad", *overrides), capture_output=True, text=True,
-                         timeout=300, env=ENV)
-    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
-    assert not os.path.exists(tmp_path / "bad" / "level_00")
-  ok = tmp_path / "ok"
-  os.makedirs(ok)
-  with open(ok / "config.json", "w") as f:
-    json.dump({"family": "vae"}, f)
-  out = subprocess.run(_binary(ok), capture_output=True, text=True, timeout=300, env=ENV)
-  assert out.returncode == 2 and "holds a run of a different config" in out.stderr
-  with open(ok / "config.json") as f:
-    assert json.load(f) == {"family": "vae"}
-
-
 KILL_OVERRIDES = ("--config.lottery.branches=('ticket','random_pruning')",
                   "--config.train.steps=12", "--config.train.checkpoint_every=2",
                   "--config.train.steps_per_call=1")

@@ -1,4 +1,5 @@
-"""Transfer: GAN <-> VAE mask/param maps, mismatch errors, derived configs, a smoke run."""
+"""Transfer: GAN <-> VAE mask/param maps, mismatch errors, derived configs, a smoke run that
+is killed and resumed."""
 import json
 import os
 import shutil
@@ -195,14 +196,14 @@ def test_nothing_prunable_on_both_sides_is_an_error():
     transfer.derive_configs(config)
 
 
-@needs_fmnist
-def test_smoke_binary_vae_to_gan(tmp_path):
-  workdir = tmp_path / "run"
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"),
-         f"--config={ROOT}/experiments/configs/vae_fmnist.py:smoke", f"--workdir={workdir}",
-         "--config.lottery.branches=('ticket','random_reinit','random_pruning')"]
-  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
+# Smoke preset (2 levels) with 12 steps and in-level checkpoints every 2: one call per step.
+KILL_OVERRIDES = ("--config.lottery.branches=('ticket','random_reinit','random_pruning')",
+                  "--config.train.steps=12", "--config.train.checkpoint_every=2",
+                  "--config.train.steps_per_call=1")
+
+
+def check_smoke_outputs(workdir):
+  """The finished vae_to_gan run: reports, branches, and transferred masks at every level."""
   for name in ("results.csv", "metric_vs_sparsity.png", "summary.md", "config.json"):
     assert (workdir / name).exists(), name
   rows = report.read_csv(workdir / "results.csv")
@@ -228,16 +229,12 @@ def test_smoke_binary_vae_to_gan(tmp_path):
     assert json.load(f)["family"] == "dcgan"
 
 
-KILL_OVERRIDES = ("--config.lottery.branches=('ticket',)", "--config.lottery.levels=1",
-                  "--config.train.steps=12",
-                  "--config.train.checkpoint_every=2", "--config.train.steps_per_call=1")
-
-
 @needs_fmnist
-def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
-  """SIGKILL inside the transferred stage (after one of its in-level checkpoints), then the same
-  command again: the transferred run equals an uninterrupted run's (the finished source and
-  target searches are copied from that run, so only the transferred stage trains)."""
+def test_smoke_binary_and_kill_and_resume_is_bit_identical(tmp_path):
+  """The binary's smoke run (vae_to_gan) writes every report; then SIGKILL inside the transferred
+  stage (after one of its in-level checkpoints) and the same command again: the transferred runs
+  equal the uninterrupted run's (the finished source and target searches are copied from that
+  run, so only the transferred stage trains)."""
 
   def command(workdir):
     return [sys.executable, os.path.join(ROOT, "experiments", "transfer.py"),
@@ -247,6 +244,7 @@ def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
   reference = tmp_path / "reference"
   out = subprocess.run(command(reference), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
+  check_smoke_outputs(reference)
   killed = tmp_path / "killed"
   for search in ("source", "target"):   # finished searches are reused: only 'transferred' runs
     shutil.copytree(reference / search, killed / search)
@@ -260,12 +258,13 @@ def test_transfer_kill_and_resume_is_bit_identical(tmp_path):
   assert not (killed / "transferred" / "level_01" / "done.json").exists(), "finished before kill"
   out = subprocess.run(command(killed), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  name = os.path.join("transferred", "level_01", "transferred_seed0")
-  chex.assert_trees_all_equal(masks.load(reference / name / "masks.npz"),
-                              masks.load(killed / name / "masks.npz"))
-  with open(reference / name / "metrics.json") as f:
-    expected = json.load(f)
-  with open(killed / name / "metrics.json") as f:
-    got = json.load(f)
-  for key in ("fid_fmnist_clf", "kid_fmnist_clf", "sparsity", "steps"):
-    assert got[key] == expected[key], key
+  for level in (1, 2):
+    name = os.path.join("transferred", f"level_{level:02d}", "transferred_seed0")
+    chex.assert_trees_all_equal(masks.load(reference / name / "masks.npz"),
+                                masks.load(killed / name / "masks.npz"))
+    with open(reference / name / "metrics.json") as f:
+      expected = json.load(f)
+    with open(killed / name / "metrics.json") as f:
+      got = json.load(f)
+    for key in ("fid_fmnist_clf", "kid_fmnist_clf", "sparsity", "steps"):
+      assert got[key] == expected[key], (name, key)
