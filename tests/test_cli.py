@@ -1,11 +1,17 @@
 """Bad invocations of every binary: one line naming the problem, exit 2, no traceback, and an
-existing workdir left byte-identical (each case is its own subprocess, run a few at a time)."""
-import concurrent.futures
+existing workdir left byte-identical.
+
+Each case runs ``experiments/<binary>.py`` with its arguments as ``python <binary> <args>`` would,
+in a process of its own; the processes are forked from one server process (this file run as a
+script) that imported the library once, so the 30 cases do not each pay ~3 CPU-s of imports.
+"""
 import hashlib
 import json
 import os
+import runpy
 import subprocess
 import sys
+import traceback
 
 import pytest
 
@@ -94,33 +100,55 @@ def _fake_workdir(path) -> None:
   (path / "level_00" / "checkpoints" / "2").write_bytes(bytes(range(256)))
 
 
-def _run_case(binary, args, expected, tmp_path, index):
-  workdir = tmp_path / f"work_{index}"
-  _fake_workdir(workdir)
-  before = _digest(workdir)
+def _argv(binary, args, tmp_path, workdir):
   fill = lambda s: s.format(tmp=tmp_path, workdir=workdir)
   argv = [fill(a).replace("--config=", "--config=" + CONFIGS + "/", 1)
           if a.startswith("--config=") and "{tmp}" not in a else fill(a) for a in args]
   if binary != "report" and not any(a.startswith("--workdir") or a == NO_WORKDIR for a in argv):
     argv.append(f"--workdir={workdir}")
-  argv = [a for a in argv if a != NO_WORKDIR]
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", f"{binary}.py"), *argv],
-                       capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
-  output = out.stdout + out.stderr
-  problems = []
-  if out.returncode != 2:
-    problems.append(f"exit {out.returncode}")
-  if "Traceback" in output:
-    problems.append("a traceback")
-  if fill(expected) not in output:
-    problems.append(f"no {fill(expected)!r}")
-  if _digest(workdir) != before:
-    problems.append("the workdir changed")
-  return f"{binary} {' '.join(args)}: {', '.join(problems)}\n{output[-1500:]}" if problems else ""
+  return [a for a in argv if a != NO_WORKDIR]
 
 
-@pytest.mark.parametrize("binary", list(CASES))
-def test_bad_invocations_are_refused_before_any_work(binary, tmp_path):
+def serve(cases_path: str) -> None:
+  """Runs every case of ``cases_path`` (JSON: [{script, argv, cwd, out}]) in a forked child, as
+  the interpreter would run the script: its exit status and output (stdout and stderr, with a
+  traceback for an uncaught exception) go to ``out`` and ``out.status``."""
+  from lth_jax import early_bird, experiment_main, lottery, report, training, transfer  # noqa: F401,I001  pylint: disable=g-import-not-at-top,unused-import
+  with open(cases_path) as f:
+    cases = json.load(f)
+  for case in cases:
+    pid = os.fork()
+    if pid == 0:
+      code = 1
+      try:
+        os.chdir(case["cwd"])
+        fd = os.open(case["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.argv = [case["script"], *case["argv"]]
+        try:
+          runpy.run_path(case["script"], run_name="__main__")
+          code = 0
+        except SystemExit as e:
+          code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+          if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        except BaseException:  # pylint: disable=broad-except  # as the interpreter reports it
+          traceback.print_exc()
+      finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # pylint: disable=protected-access
+    _, status = os.waitpid(pid, 0)
+    with open(case["out"] + ".status", "w") as f:
+      f.write(str(os.waitstatus_to_exitcode(status)))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  """{binary: [(args, expected, exit status, output, workdir, digest before, tmp_path)]}, every
+  case run by one server process."""
+  tmp_path = tmp_path_factory.mktemp("cli")
   (tmp_path / "bad_syntax.py").write_text("def get_config():\n  return {\n")
   (tmp_path / "no_get_config.py").write_text("CONFIG = {}\n")
   finished = tmp_path / "finished"
@@ -129,14 +157,57 @@ def test_bad_invocations_are_refused_before_any_work(binary, tmp_path):
   (finished / "level_00" / "done.json").write_text(json.dumps(
       [{"level": 0, "branch": "dense", "seed": 0, "sparsity": 0.0, "recon_mse": 0.5}]))
   finished_before = _digest(finished)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-    failures = [f for f in pool.map(lambda c: _run_case(binary, *c[1], tmp_path, c[0]),
-                                    enumerate(CASES[binary])) if f]
+  cases, plan = [], []
+  for binary, binary_cases in CASES.items():
+    for args, expected in binary_cases:
+      workdir = tmp_path / f"work_{len(cases)}"
+      _fake_workdir(workdir)
+      cases.append({"script": os.path.join(ROOT, "experiments", f"{binary}.py"),
+                    "argv": _argv(binary, args, tmp_path, workdir), "cwd": str(tmp_path),
+                    "out": str(tmp_path / f"case_{len(cases)}.txt")})
+      plan.append((binary, args, expected, workdir, _digest(workdir)))
+  with open(tmp_path / "cases.json", "w") as f:
+    json.dump(cases, f)
+  server = subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp_path / "cases.json")],
+                          capture_output=True, text=True, timeout=600, env=ENV,
+                          cwd=ROOT)
+  assert server.returncode == 0, server.stdout[-2000:] + server.stderr[-2000:]
+  out = {binary: [] for binary in CASES}
+  for case, (binary, args, expected, workdir, before) in zip(cases, plan):
+    with open(case["out"]) as f:
+      output = f.read()
+    with open(case["out"] + ".status") as f:
+      status = int(f.read())
+    out[binary].append((args, expected.format(tmp=tmp_path, workdir=workdir), status, output,
+                        workdir, before))
+  out["finished unchanged"] = _digest(finished) == finished_before
+  out["missing not created"] = not os.path.exists(tmp_path / "missing")
+  return out
+
+
+@pytest.mark.parametrize("binary", list(CASES))
+def test_bad_invocations_are_refused_before_any_work(binary, results):
+  failures = []
+  for args, expected, status, output, workdir, before in results[binary]:
+    problems = []
+    if status != 2:
+      problems.append(f"exit {status}")
+    if "Traceback" in output:
+      problems.append("a traceback")
+    if expected not in output:
+      problems.append(f"no {expected!r}")
+    if _digest(workdir) != before:
+      problems.append("the workdir changed")
+    if problems:
+      failures.append(f"{binary} {' '.join(args)}: {', '.join(problems)}\n{output[-1500:]}")
   assert not failures, "\n\n".join(failures)
-  assert _digest(finished) == finished_before
-  assert not os.path.exists(tmp_path / "missing")
+  assert results["finished unchanged"] and results["missing not created"]
 
 
 def test_at_least_twenty_cases_over_every_binary():
   assert sum(len(c) for c in CASES.values()) >= 20
   assert set(CASES) == {"train", "find_tickets", "early_bird", "transfer", "report"}
+
+
+if __name__ == "__main__":
+  serve(sys.argv[1])
