@@ -103,6 +103,7 @@ def get_config(family: str = "dcgan", dataset: str = "fashion_mnist", preset: st
       rewind_step="0it",               # '500it' or '2ep'; 0 is the original lottery ticket
       rewind_optimizer=True,           # restore step k's optimizer state, as the authors do
       branches=("ticket", "random_reinit", "random_pruning", "snip", "grasp", "synflow"),
+      branch_levels="",                # e.g. 'snip,grasp=5,10': those levels only ('': all)
       synflow_iterations=100))
 
   c.tickets = ml_collections.ConfigDict(dict(

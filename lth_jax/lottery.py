@@ -33,6 +33,8 @@ Each stage writes its outputs under ``level_LL/`` and skips the runs whose outpu
 in-level checkpoints every ``train.checkpoint_every`` steps make a killed run continue where it
 stopped. A finished search can be extended: more ``lottery.levels`` or more
 ``lottery.branches`` train only what is missing (any other changed setting is refused).
+``lottery.branch_levels`` trains chosen baselines at chosen levels only (e.g. SNIP at four
+levels spread over the range), the others at every level.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from lth_jax import validation
 
 PyTree = Any
 # Fields a finished search may change: the search is extended, not refused.
-EXTENDABLE = ("lottery.levels", "lottery.branches")
+EXTENDABLE = ("lottery.levels", "lottery.branches", "lottery.branch_levels")
 
 
 class _Search:
@@ -70,6 +72,7 @@ class _Search:
     self.rewind_step = validation.rewind_step(config, len(self.ctx.train_split.labels))
     self.seeds = [int(s) for s in config.tickets.seeds]
     self.keys = {s: runs.seed_keys(s) for s in self.seeds}
+    self.branch_levels = validation.branch_levels(config.lottery)
 
   def level_dir(self, level: int) -> str:
     return os.path.join(self.workdir, f"level_{level:02d}")
@@ -120,15 +123,20 @@ class _Search:
     return [t._replace(state=self.ctx.load_state(p)) for t, p in zip(tickets, paths)]
 
   # -------------------------------------------------------------------------- level L >= 1
+  def branches_at(self, level: int) -> list[str]:
+    """The branches trained at ``level`` (``lottery.branch_levels`` may skip some baselines)."""
+    return [b for b in self.config.lottery.branches
+            if level in self.branch_levels.get(b, (level,))]
+
   def level(self, level: int) -> list[dict]:
-    names = [f"{b}_seed{s}" for s in self.seeds for b in self.config.lottery.branches]
+    names = [f"{b}_seed{s}" for s in self.seeds for b in self.branches_at(level)]
     return self._stage(level, names, lambda todo: self._level_tickets(level, todo))
 
   def _level_tickets(self, level: int, names: list[str]) -> list[runs.Ticket]:
     """The pending runs of one level: starting states and masks, deterministic."""
     tickets = []
     for seed in self.seeds:
-      mine = [b for b in self.config.lottery.branches if f"{b}_seed{seed}" in names]
+      mine = [b for b in self.branches_at(level) if f"{b}_seed{seed}" in names]
       if not mine:
         continue
       inputs = self._level_inputs(level, seed)

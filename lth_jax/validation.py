@@ -110,6 +110,41 @@ def part_sparsity(early_bird: ml_collections.ConfigDict,
   return out
 
 
+def branch_levels(lottery: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+  """The levels each baseline branch trains at: ``{branch: levels}`` for the branches
+  ``lottery.branch_levels`` names (``'snip,grasp,synflow=5,10,15,20;one_shot=10,20'``: groups of
+  ``branches=levels`` separated by ``;``); the branches it does not name train at every level.
+
+  Raises:
+    ConfigError: a malformed group, a branch not in ``lottery.branches`` (or ``ticket``, which
+      every later level prunes from), a branch named twice, or a level outside
+      ``[1, lottery.levels]``.
+  """
+  out: dict[str, tuple[int, ...]] = {}
+  text = lottery.branch_levels.strip()
+  for group in filter(None, (g.strip() for g in text.split(";"))):
+    names, sep, levels = group.partition("=")
+    try:
+      numbers_ = tuple(int(x) for x in levels.split(","))
+    except ValueError:
+      numbers_ = ()
+    if not sep or not numbers_:
+      raise ConfigError(f"lottery.branch_levels group {group!r} is not 'branches=levels' (e.g. "
+                        "'snip,grasp=5,10,15,20')")
+    for name in (n.strip() for n in names.split(",")):
+      if name == "ticket" or name not in lottery.branches:
+        raise ConfigError(f"lottery.branch_levels names {name!r}, which is not a baseline in "
+                          f"lottery.branches {tuple(b for b in lottery.branches if b != 'ticket')}")
+      if name in out:
+        raise ConfigError(f"lottery.branch_levels names {name!r} twice")
+      bad = [n for n in numbers_ if not 1 <= n <= lottery.levels]
+      if bad:
+        raise ConfigError(f"lottery.branch_levels levels {bad} are outside [1, lottery.levels="
+                          f"{lottery.levels}]")
+      out[name] = tuple(sorted(set(numbers_)))
+  return out
+
+
 # ------------------------------------------------------------------------- field checks
 def _get(config, field: str):
   node = config
@@ -368,6 +403,8 @@ def _lottery(config) -> None:
   if len(set(branches)) != len(branches):
     raise ConfigError(f"lottery.branches has repeats: {branches}")
   _int(config, "lottery.synflow_iterations", 1)
+  _typed(config, "lottery.branch_levels", str)
+  branch_levels(config.lottery)
 
 
 def _early_bird(config, pruned: list[str]) -> None:

@@ -90,7 +90,7 @@ def test_dense_masks_exclusions_and_switches():
 
 def test_unknown_family_and_bad_steps_per_call():
   with pytest.raises(ValueError, match="unknown model family"):
-    family("wgan")
+    family("nope")
   with pytest.raises(ValueError, match="steps_per_call"):
     steps.multi_step(family("ae"), 0)
 

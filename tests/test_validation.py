@@ -62,7 +62,7 @@ def test_inception_weights_file_must_exist(tmp_path):
 
 # (binary, family, fields, message): each config is the family's smoke config with ``fields``.
 CASES = [
-    ("train", "ae", dict(family="wgan"), "family: unknown model family 'wgan'"),
+    ("train", "ae", dict(family="nope"), "family: unknown model family 'nope'"),
     ("train", "ae", dict(family=3), "family must be a str"),
     ("train", "ae", dict(seed=-1), "seed must be >= 0"),
     ("train", "ae", dict(seed="0"), r"seed must be an int, got '0' \(str\)"),
@@ -167,6 +167,17 @@ CASES = [
      "lottery.branches has repeats"),
     ("find_tickets", "ae", dict(lottery__synflow_iterations=0),
      "lottery.synflow_iterations must be >= 1"),
+    ("find_tickets", "ae", dict(lottery__branch_levels="snip:1"),
+     "lottery.branch_levels group 'snip:1' is not 'branches=levels'"),
+    ("find_tickets", "ae", dict(lottery__branch_levels="ticket=1"),
+     "lottery.branch_levels names 'ticket', which is not a baseline"),
+    ("find_tickets", "ae",
+     dict(lottery__branches=("ticket", "snip"), lottery__branch_levels="grasp=1"),
+     "lottery.branch_levels names 'grasp'"),
+    ("find_tickets", "ae", dict(lottery__branch_levels="snip=1;snip=2"),
+     "lottery.branch_levels names 'snip' twice"),
+    ("find_tickets", "ae", dict(lottery__branch_levels="snip=0,2"),
+     r"lottery.branch_levels levels \[0\] are outside \[1, lottery.levels=2\]"),
     ("early_bird", "ae", dict(early_bird=_DELETE), "the config has no early_bird section"),
     ("early_bird", "ae", dict(early_bird__kind="channel"), "unknown early_bird.kind 'channel'"),
     ("early_bird", "ae", dict(early_bird__sparsity=1.0),
@@ -389,6 +400,14 @@ def test_part_sparsity():
   assert validation.part_sparsity(eb, parts) == 0.7
   eb.part_sparsity = " generator=0.6 "
   assert validation.part_sparsity(eb, parts) == {"generator": 0.6, "discriminator": 0.7}
+
+
+def test_branch_levels():
+  lottery = configs.get_config("ae", "fashion_mnist", "smoke").lottery
+  assert validation.branch_levels(lottery) == {}
+  lottery.update(levels=20, branch_levels=" snip, grasp=20,5,10,15 ; synflow=7 ")
+  assert validation.branch_levels(lottery) == {"snip": (5, 10, 15, 20), "grasp": (5, 10, 15, 20),
+                                               "synflow": (7,)}
 
 
 def test_for_binary_keeps_its_sections_only():
