@@ -57,6 +57,14 @@ def seed_keys(seed: int) -> dict[str, jax.Array]:
   return keys
 
 
+def param_summary(params: PyTree) -> str:
+  """``'6,740,612 parameters (generator 3,804,739, discriminator 2,935,873)'``: the total and
+  per top-level part of ``params`` (arrays or ``jax.ShapeDtypeStruct``)."""
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  parts = ", ".join(f"{part} {count(p):,}" for part, p in params.items())
+  return f"{count(params):,} parameters ({parts})"
+
+
 def write_json(path: str, value: Any) -> None:
   """Writes ``value`` as JSON atomically (a temp file renamed over ``path``)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -201,6 +209,7 @@ class Context:
                                                         self.test_split)
     self.metric = evaluation.primary_metric_key(config.family, self.evaluator.extractor.name)
     self.state_shape = jax.eval_shape(self.family.init, jax.random.key(0))
+    logging.info("model %s: %s", config.family, param_summary(self.state_shape.params))
 
   def runner(self, family: steps_lib.Family | None = None, key: str = ""
              ) -> parallel.TicketRunner:

@@ -68,6 +68,7 @@ class Reproduction(NamedTuple):
   levels: Mapping[str, int]          # IMP levels per scale ('smoke', 'cpu', 'gpu')
   overrides: Mapping[str, Mapping[str, Any]] = {}   # dotted config changes per scale
   claims: tuple[int, ...] = (1, 2, 7)               # the claims whose jobs include it
+  seeds: Mapping[str, tuple[int, ...]] = {}         # seeds per scale (absent: the scale's)
 
 
 @dataclasses.dataclass(frozen=True)

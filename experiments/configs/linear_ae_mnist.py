@@ -1,0 +1,12 @@
+r"""Linear AutoEncoder on mnist: `get_config('smoke' | 'default' | 'paper')`.
+
+  python experiments/train.py \
+      --config=experiments/configs/linear_ae_mnist.py:smoke --workdir=/tmp/run
+  python experiments/find_tickets.py \
+      --config=experiments/configs/linear_ae_mnist.py --workdir=/tmp/lt
+"""
+from lth_jax import configs
+
+
+def get_config(preset: str = "default"):
+  return configs.get_config("linear_ae", "mnist", preset or "default")

@@ -1,0 +1,12 @@
+r"""VAE (beta = 1) on fashion_mnist: `get_config('smoke' | 'default' | 'paper')`.
+
+  python experiments/train.py \
+      --config=experiments/configs/vae_beta1_fmnist.py:smoke --workdir=/tmp/run
+  python experiments/find_tickets.py \
+      --config=experiments/configs/vae_beta1_fmnist.py --workdir=/tmp/lt
+"""
+from lth_jax import configs
+
+
+def get_config(preset: str = "default"):
+  return configs.get_config("vae_beta1", "fashion_mnist", preset or "default")
