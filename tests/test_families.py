@@ -29,8 +29,8 @@ def test_registry_round_trip():
     families.get("nope")
   with pytest.raises(ValueError, match="model family 'vae' is already registered"):
     families.register(families.get("vae"))
-  assert configs.TRANSFER_DIRECTIONS == {"vae_to_gan": ("vae", "dcgan"),
-                                         "gan_to_vae": ("dcgan", "vae")}
+  paper_pair = {"vae_to_gan": ("vae", "dcgan"), "gan_to_vae": ("dcgan", "vae")}
+  assert paper_pair.items() <= configs.TRANSFER_DIRECTIONS.items()
 
 
 class TinyGenerator(nn.Module):

@@ -56,7 +56,12 @@ class Settings(NamedTuple):
 
 
 class Transfer(NamedTuple):
-  """A ticket transfer to a family sharing layers: ``transfer.direction`` -> this."""
+  """A ticket transfer to a family sharing layers: ``transfer.direction`` -> this.
+
+  A direction's name is unique over the registry (it names one source and one target). The
+  target is built at the source config's ``model.width`` and ``model.z_dim``
+  (:func:`lth_jax.transfer.derive_configs`): mapped layers must have equal shapes.
+  """
   target: str                        # the target family's name
   name_map: Mapping[str, str]        # own path prefix -> the target's (always transferred)
   extra: Mapping[str, str]           # also mapped with transfer.with_discriminator
@@ -105,7 +110,8 @@ def register(spec: Spec) -> Spec:
   """Adds ``spec`` to the registry (once per name) and returns it.
 
   Raises:
-    ValueError: the name is taken, or the spec's kind or primary metric is unknown.
+    ValueError: the name is taken, the spec's kind or primary metric is unknown, or another
+      family already declares one of its transfer directions.
   """
   if spec.name in _REGISTRY:
     raise ValueError(f"model family {spec.name!r} is already registered")
@@ -114,6 +120,12 @@ def register(spec: Spec) -> Spec:
   if spec.primary_metric not in METRICS:
     raise ValueError(f"family {spec.name!r}: unknown primary metric {spec.primary_metric!r}; "
                      f"expected one of {METRICS}")
+  declared = {d: other.name for other in _REGISTRY.values() for d in other.transfers}
+  for direction in spec.transfers:
+    if direction in declared:
+      raise ValueError(f"family {spec.name!r}: transfer direction {direction!r} is already "
+                       f"declared by family {declared[direction]!r}; a transfer.direction names "
+                       f"one (source, target) pair: give this one its own name")
   _REGISTRY[spec.name] = spec
   return spec
 

@@ -1,0 +1,12 @@
+r"""ResNet-DCGAN on celeb_a: `get_config('smoke' | 'default' | 'paper')`.
+
+  python experiments/train.py --workdir=/tmp/gan \
+    --config=experiments/configs/resnet_dcgan_celeba.py:smoke
+  python experiments/find_tickets.py --workdir=/tmp/lt \
+    --config=experiments/configs/resnet_dcgan_celeba.py
+"""
+from lth_jax import configs
+
+
+def get_config(preset: str = "default"):
+  return configs.get_config("resnet_dcgan", "celeb_a", preset or "default")
