@@ -109,8 +109,17 @@ def _claim1(scale):
           for f in _families(scale)]
 
 
+def _spread(family: str, scale: str, branches: tuple[str, ...]) -> dict:
+  """``lottery.branch_levels`` training ``branches`` at four levels spread over the family's
+  range (e.g. 3, 6, 9, 12 of 12): baselines that need no previous level are compared there."""
+  levels = families_lib.get(family).reproduction.levels[scale]
+  spread = sorted({max(1, round(levels * i / 4)) for i in range(1, 5)})
+  return {"lottery.branch_levels": f"{','.join(branches)}={','.join(map(str, spread))}"}
+
+
 def _claim2(scale):
-  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + INIT_BRANCHES))
+  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + INIT_BRANCHES,
+                                                      _spread(f, scale, INIT_BRANCHES)))
           for f in _families(scale)]
 
 
@@ -123,7 +132,8 @@ def _claim3(scale):
 
 
 def _claim4(scale):
-  jobs = [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + ("one_shot",)))
+  jobs = [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + ("one_shot",),
+                                                      _spread(f, scale, ("one_shot",))))
           for f in claim_families(4)]
   for family in claim_families(4):
     for part in configs.get_config(family).prune.parts:
@@ -172,14 +182,18 @@ CLAIMS: dict[int, tuple[str, Callable[[str], list[Job]]]] = {
 
 
 def jobs_for(claims: list[int], scale: str) -> list[Job]:
-  """The jobs of ``claims`` in run order, shared searches merged (their branches united)."""
+  """The jobs of ``claims`` in run order, shared searches merged (their branches and their
+  ``lottery.branch_levels`` groups united)."""
   merged: dict[str, Job] = {}
   for claim in claims:
     for job in CLAIMS[claim][1](scale):
       if job.name in merged and job.binary == "find_tickets":
-        known = merged[job.name].config.lottery.branches
-        extra = tuple(b for b in job.config.lottery.branches if b not in known)
-        merged[job.name].config.lottery.branches = tuple(known) + extra
+        lottery = merged[job.name].config.lottery
+        extra = tuple(b for b in job.config.lottery.branches if b not in lottery.branches)
+        lottery.branches = tuple(lottery.branches) + extra
+        groups = [g for g in (lottery.branch_levels, job.config.lottery.branch_levels) if g]
+        lottery.branch_levels = ";".join(dict.fromkeys(";".join(groups).split(";"))) if groups \
+            else ""
       else:
         merged.setdefault(job.name, job)
   order = {"find_tickets": 0, "transfer": 1, "early_bird": 2, "stability": 3}

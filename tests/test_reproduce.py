@@ -28,6 +28,13 @@ def test_every_job_of_every_claim_is_a_valid_run(scale):
       *reproduction.CLAIM_BRANCHES, *reproduction.INIT_BRANCHES}
   assert {*reproduction.CLAIM_BRANCHES, "one_shot"} <= set(
       searches["search_vae"].config.lottery.branches)
+  # SNIP/GraSP/SynFlow and one-shot at four levels spread over the range, up to the last level.
+  for name, expected in (("search_ae", set(reproduction.INIT_BRANCHES)),
+                         ("search_vae", {"one_shot"})):
+    spread = validation.branch_levels(searches[name].config.lottery)
+    levels = searches[name].config.lottery.levels
+    assert expected <= set(spread), name
+    assert all(len(v) == min(4, levels) and v[-1] == levels for v in spread.values()), name
   assert searches["search_vae_rewind0"].config.lottery.rewind_step == "0it"
   assert searches["search_vae"].config.lottery.rewind_step != "0it"       # late resetting
   assert dict(searches["search_dcgan_only_generator"].config.prune.parts) == {
