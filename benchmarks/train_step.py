@@ -1,4 +1,8 @@
-"""Masked DCGAN G+D train step: lth_jax (jit) vs PyTorch (eager and torch.compile), same CPU.
+"""Masked GAN G+D train step: lth_jax (jit) vs PyTorch (eager and torch.compile), same CPU.
+
+``--family`` picks the GAN: ``dcgan`` (default; what follows), ``sngan`` or ``resnet_dcgan``
+(the family's registered loss, optimizer, z_dim and exclusions; the PyTorch twins in
+``torch_zoo.py``: PyTorch's own initialisation and a random mask of the same density).
 
 One process, same data shape (batch 64 of 32x32x1 uint8 images, Fashion-MNIST-like random
 data), same architecture (the authors' DCGAN: ConvTranspose2d/Conv2d/BatchNorm2d, z_dim 100) and
@@ -52,6 +56,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import torch_zoo
+from lth_jax import configs
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import steps
@@ -241,10 +247,16 @@ class TorchRunner:
   """
 
   def __init__(self, torch, width, params, masks, images_nhwc, *, masked: bool,
-               compile_models: bool, threads: int | None = None, device: str = "cpu"):
-    self.torch, self.threads, self.device = torch, threads, device
-    gen, disc = torch_models(torch, width)
-    pairs = jax_to_torch(torch, params, masks, gen, disc)
+               compile_models: bool, threads: int | None = None, device: str = "cpu",
+               models=None, loss: str = "bce", z_dim: int = Z_DIM):
+    """``models``: ``(gen, disc, [(param, mask)])`` of another GAN (default: the DCGAN with
+    ``params`` and ``masks`` copied in); ``loss``: 'bce' or 'hinge'."""
+    self.torch, self.threads, self.device, self.z_dim = torch, threads, device, z_dim
+    if models is None:
+      gen, disc = torch_models(torch, width)
+      pairs = jax_to_torch(torch, params, masks, gen, disc)
+    else:
+      gen, disc, pairs = models
     gen, disc = gen.to(device), disc.to(device)
     pairs = [(p, m.to(device)) for p, m in pairs]
     self.g_masks = [(p, m) for p, m in pairs if any(p is q for q in gen.parameters())]
@@ -257,6 +269,7 @@ class TorchRunner:
                            else (gen, disc))
     self.images = torch.from_numpy(np.ascontiguousarray(np.array(images_nhwc)
                                                         .transpose(0, 3, 1, 2))).to(device)
+    self.hinge = loss == "hinge"
     self.loss = torch.nn.BCEWithLogitsLoss()
     self.ones = torch.ones(BATCH, device=device)
     self.zeros = torch.zeros(BATCH, device=device)
@@ -268,18 +281,22 @@ class TorchRunner:
     idx = torch.randint(self.images.shape[0], (BATCH,), generator=self.generator,
                         device=self.device)
     real = self.images[idx].float() * (2.0 / 255.0) - 1.0
-    z = torch.randn(BATCH, Z_DIM, generator=self.generator, device=self.device)
+    z = torch.randn(BATCH, self.z_dim, generator=self.generator, device=self.device)
     fake = self.gen(z)
     self.opt_d.zero_grad(set_to_none=True)
-    d_loss = (self.loss(self.disc(real), self.ones)
-              + self.loss(self.disc(fake.detach()), self.zeros))
+    if self.hinge:
+      d_loss = (torch.relu(1 - self.disc(real)).mean()
+                + torch.relu(1 + self.disc(fake.detach())).mean())
+    else:
+      d_loss = (self.loss(self.disc(real), self.ones)
+                + self.loss(self.disc(fake.detach()), self.zeros))
     d_loss.backward()
     self.opt_d.step()
     with torch.no_grad():
       for p, m in self.d_masks:
         p.data.mul_(m)
     self.opt_g.zero_grad(set_to_none=True)
-    g_loss = self.loss(self.disc(fake), self.ones)
+    g_loss = -self.disc(fake).mean() if self.hinge else self.loss(self.disc(fake), self.ones)
     g_loss.backward()
     self.opt_g.step()
     with torch.no_grad():
@@ -304,21 +321,26 @@ class TorchRunner:
 
 
 # -------------------------------------------------------------------------------- the bench
-def build(width: int, torch, *, spcs, compile_torch: bool) -> tuple[dict, dict]:
-  """All runners for one width: ``({name: runner}, info)``."""
-  family = steps.make_family("dcgan", channels=CHANNELS, image_size=IMAGE, width=width,
-                             z_dim=Z_DIM, optimizer=OPTIMIZER, batch_size=BATCH)
+def build(width: int, torch, *, spcs, compile_torch: bool, name: str = "dcgan"
+          ) -> tuple[dict, dict]:
+  """All runners of family ``name`` at one width: ``({name: runner}, info)``."""
+  config = configs.get_config(name)   # dcgan: Z_DIM, OPTIMIZER, EXCLUDE and its BCE loss
+  z_dim, loss = config.model.z_dim, config.loss.kind
+  family = steps.make_family(name, channels=CHANNELS, image_size=IMAGE, width=width, z_dim=z_dim,
+                             optimizer=dict(config.train.optimizer), batch_size=BATCH,
+                             loss_kind=loss)
   state = family.init(jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (N_IMAGES, IMAGE, IMAGE, CHANNELS), np.uint8))
   ones = steps.dense_masks(family, state.params, {"generator": True, "discriminator": True},
-                           exclude=EXCLUDE)
+                           exclude=tuple(config.prune.exclude))
   sparse = pruning.magnitude(state.params, ones, SPARSITY)
   none = jax.tree.map(lambda _: None, state.params)
   sparse_params = masks_lib.apply(state.params, sparse)
   sparse_state = state._replace(params=sparse_params,
                                 opt_state=steps.fresh_opt_state(family, sparse_params))
-  info = {"sparsity": float(masks_lib.sparsity(sparse)), "analytic_flops": analytic_flops(width)}
+  info = {"sparsity": float(masks_lib.sparsity(sparse)),
+          "analytic_flops": analytic_flops(width) if name == "dcgan" else float("nan")}
   runners: dict[str, Callable] = {}
   for spc in spcs:
     t0 = time.perf_counter()
@@ -333,16 +355,21 @@ def build(width: int, torch, *, spcs, compile_torch: bool) -> tuple[dict, dict]:
   info["xla_flops"] = src.flops
   host_params = jax.device_get(sparse_params)
   host_masks = jax.device_get(sparse)
-  runners["torch eager masked"] = TorchRunner(torch, width, host_params, host_masks, images,
-                                              masked=True, compile_models=False)
-  runners["torch eager masked 1 thread"] = TorchRunner(torch, width, host_params, host_masks,
-                                                       images, masked=True, compile_models=False,
-                                                       threads=1)
+
+  def twin(**kwargs):
+    models = None
+    if name != "dcgan":
+      gen, disc = torch_zoo.MODELS[name](torch, width, CHANNELS, IMAGE, z_dim)
+      models = (gen, disc, torch_zoo.masked_pairs(torch, gen, disc, 1 - info["sparsity"]))
+    return TorchRunner(torch, width, host_params, host_masks, images, masked=True,
+                       models=models, loss=loss, z_dim=z_dim, **kwargs)
+
+  runners["torch eager masked"] = twin(compile_models=False)
+  runners["torch eager masked 1 thread"] = twin(compile_models=False, threads=1)
   if compile_torch:
     t0 = time.perf_counter()
     try:
-      runners["torch.compile masked"] = TorchRunner(torch, width, host_params, host_masks,
-                                                    images, masked=True, compile_models=True)
+      runners["torch.compile masked"] = twin(compile_models=True)
       info["torch_compile_s"] = time.perf_counter() - t0
     except Exception as e:  # a missing compiler toolchain etc.: report, keep benchmarking
       info["torch_compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -357,6 +384,7 @@ def main(argv=None) -> None:
   parser.add_argument("--widths", type=int, nargs="+", default=None)
   parser.add_argument("--reps", type=int, default=None, help="timed repetitions per variant")
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+  parser.add_argument("--family", default="dcgan", choices=("dcgan", *torch_zoo.MODELS))
   args = parser.parse_args(argv)
   widths = args.widths or ([32] if args.quick else [32, 64])
   reps = args.reps or (3 if args.quick else 5)
@@ -368,7 +396,7 @@ def main(argv=None) -> None:
   torch.set_flush_denormal(True)   # XLA CPU flushes denormals too
   load_start = os.getloadavg()
   t_start = time.perf_counter()
-  print(f"# lth_jax vs PyTorch: DCGAN G+D step, batch {BATCH}, {IMAGE}x{IMAGE}x{CHANNELS}, "
+  print(f"# lth_jax vs PyTorch: {args.family} G+D step, batch {BATCH}, {IMAGE}x{IMAGE}x{CHANNELS}, "
         f"sparsity {SPARSITY}")
   print(f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
@@ -378,7 +406,7 @@ def main(argv=None) -> None:
   matmul = MatmulRunner()
   results = {}
   for width in widths:
-    runners, info = build(width, torch, spcs=spcs, compile_torch=compile_torch)
+    runners, info = build(width, torch, spcs=spcs, compile_torch=compile_torch, name=args.family)
     block = (4 if args.quick else 8) if width <= 32 else 4
     names = list(runners)
     wall: dict[str, list[float]] = {name: [] for name in names + ["matmul"]}
