@@ -1,4 +1,4 @@
-"""Ticket transfer between families that share layers (the DCGAN and the VAE).
+"""Ticket transfer between families that share layers (DCGAN and β-VAE; the ResNet pair).
 
 A family names its transfer partners in its registered spec (``families.Spec.transfers``:
 ``transfer.direction`` -> target family, the always-mapped layers and those
@@ -18,8 +18,10 @@ shapes from a different ``width``, ``z_dim``, image size or channel count) raise
 :class:`TransferMismatchError` naming every offending layer.
 
 ``run(config, workdir)`` is the paper's transfer experiment. ``config`` is the *source* family's
-config with ``transfer.direction`` ('vae_to_gan' | 'gan_to_vae'); the target family's config is
-derived from it (:func:`derive_configs`). It
+config with ``transfer.direction`` (a key of ``configs.TRANSFER_DIRECTIONS``: 'vae_to_gan' |
+'gan_to_vae' for the β-VAE and DCGAN, 'resnet_vae_to_gan' | 'resnet_gan_to_vae' for the ResNet
+pair); the target family's config is derived from it (:func:`derive_configs`), at the source's
+width and z_dim. It
 
 1. runs (or resumes) the source's IMP search, branch ``ticket`` only, in ``workdir/source/``;
 2. runs (or resumes) the target's own IMP search with the config's baselines in
