@@ -12,7 +12,7 @@ from lth_jax.models import resnet
 from tests.conftest import needs_fmnist
 
 GAN, VAE = "resnet_dcgan", "resnet_vae"
-OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
+OPT = {"lr": 1e-3, "b1": 0.5, "b2": 0.999}
 
 
 def family(name, width=4, z_dim=8):
