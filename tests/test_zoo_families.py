@@ -1,7 +1,7 @@
 """Tests for the zoo's registered families: SNGAN, WGAN, WGAN-GP, the VAE (β = 1), linear AE.
 
-Small and cheap: paper sizes by ``jax.eval_shape`` only; masked steps at width 4, batch 4; one
-smoke search per family (one level, ticket branch, one seed).
+Small and cheap: paper sizes by ``jax.eval_shape`` only; one smoke search per family (width 4,
+batch 4, one level, ticket branch, one seed) whose saved ticket the mask checks read.
 """
 import chex
 import jax
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import channels, configs, families, lottery, masks, pruning, reproduction, runs
-from lth_jax import steps
+from lth_jax import channels, checkpointing, configs, families, lottery, masks, pruning
+from lth_jax import reproduction, runs, steps
 from lth_jax.models import sngan
 from tests.conftest import needs_fmnist
 
@@ -64,87 +64,98 @@ def test_structured_early_bird_refuses_the_linear_ae():
     channels.family_groups(fam, {}, fam.parts)
 
 
-class MaskedRuns(dict):
-  """Per family, built on first use: its masks (50% magnitude-pruned), the start state, its
-  one-step program and the state after two calls of it."""
+class Searches(dict):
+  """Per family, run on first use: a smoke search (levels 0 and 1, the ticket branch, seed 0,
+  2 steps) and its level-1 ticket: ``(rows, masks, trained state)`` as the search saved them."""
+
+  def __init__(self, root):
+    super().__init__()
+    self.root = root
 
   def __missing__(self, name):
     config = small_config(name)
+    config.train.update(steps=2, steps_per_call=1, log_every=2, checkpoint_every=2)
+    config.lottery.update(levels=1, branches=("ticket",), rewind_step="1it")
+    config.tickets.seeds = (0,)
+    config.eval.update(num_samples=16, num_test=16, batch_size=16, grid_size=4)
+    workdir = self.root / name
+    rows = lottery.run(config, str(workdir))
     fam = families.from_config(config)
-    state = fam.init(jax.random.key(0))
-    m = steps.dense_masks(fam, state.params, dict(config.prune.parts),
-                          tuple(config.prune.exclude))
-    m = pruning.magnitude(state.params, m, 0.5)
-    state = state._replace(params=masks.apply(state.params, m))
-    single = jax.jit(steps.multi_step(fam, 1))
-    after = state
-    for _ in range(2):
-      after, _ = single(after, m, images(), jax.random.key(1))
-    self[name] = (fam, m, state, after)
+    like = jax.eval_shape(fam.init, jax.random.key(0))
+    mask_like = steps.dense_masks(fam, like.params, dict(config.prune.parts),
+                                  tuple(config.prune.exclude))   # None: not prunable
+    ticket = workdir / "level_01" / "ticket_seed0"
+    state = checkpointing.load_tree(ticket / "trained", like=like)
+    self[name] = (rows, masks.load(ticket / "masks.npz", like=mask_like), state)
     return self[name]
 
 
 @pytest.fixture(scope="module")
-def masked_runs():
-  return MaskedRuns()
+def searches(tmp_path_factory):
+  return Searches(tmp_path_factory.mktemp("zoo_searches"))
 
 
-def pruned_values(m, params):
-  """Every param entry whose mask is False."""
-  pairs = jax.tree.leaves(jax.tree.map(lambda k, p: None if k is None else (k, p), m, params,
-                                       is_leaf=lambda v: v is None))
-  return np.concatenate([np.asarray(p)[~np.asarray(k)] for k, p in zip(pairs[::2], pairs[1::2])])
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_masked_steps_keep_pruned_weights_zero(masked_runs, name):
-  _, m, state, after = masked_runs[name]
-  assert int(after.step) == 2
-  assert pruned_values(m, after.params).size > 0
-  np.testing.assert_array_equal(pruned_values(m, after.params), 0.0)
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, after.params)
-  assert any(jax.tree.leaves(changed))
-
-
-def test_sngan_normalised_kernels_keep_pruned_zeros(masked_runs):
-  _, m, _, after = masked_runs["sngan"]
-  d_params, d_stats = after.params["discriminator"], after.batch_stats["discriminator"]
-  assert set(d_stats) == set(d_params)                  # one power-iteration vector per layer
-  for layer, mask in m["discriminator"].items():
-    if mask["kernel"] is None:
-      continue
-    used, _ = sngan.spectral_normalize(d_params[layer]["kernel"], d_stats[layer]["u"])
-    np.testing.assert_array_equal(np.asarray(used)[~np.asarray(mask["kernel"])], 0.0)
-    assert np.any(np.asarray(used) != 0)
-
-
-def test_wgan_critic_respects_its_clip(masked_runs):
-  _, _, _, after = masked_runs["wgan"]
-  for leaf in jax.tree.leaves(after.params["discriminator"]):
-    assert np.max(np.abs(np.asarray(leaf))) <= 0.01
-  # BatchNorm scales start near 1: clipped to 0.01 by the first step, moved by < 1e-3 since.
-  scales = [np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(after.params)
-            if path[-1].key == "scale" and path[0].key == "discriminator"]
-  assert scales and all(np.all(s > 0.009) for s in scales)
-
-
-def test_two_steps_in_one_call_equal_two_calls(masked_runs):
-  """The WGAN (extra critic steps with their own keys, clipping) fused as the search runs it."""
-  fam, m, state, two_calls = masked_runs["wgan"]
-  fused, _ = jax.jit(steps.multi_step(fam, 2))(state, m, images(), jax.random.key(1))
-  chex.assert_trees_all_close(fused.params, two_calls.params, atol=1e-5, rtol=1e-5)
-  chex.assert_trees_all_close(fused.batch_stats, two_calls.batch_stats, atol=1e-5, rtol=1e-5)
+def pruned_entries(m, params, prefix=""):
+  """``{path: values of params[path] where the mask m[path] is False}`` over every saved mask."""
+  out = {}
+  for key, value in m.items():
+    if isinstance(value, dict):
+      out.update(pruned_entries(value, params[key], f"{prefix}{key}/"))
+    elif value is not None:
+      out[prefix + key] = np.asarray(params[key])[~np.asarray(value, bool)]
+  return out
 
 
 @needs_fmnist
 @pytest.mark.parametrize("name", ZOO)
-def test_smoke_search(name, tmp_path):
-  config = small_config(name)
-  config.train.update(steps=2, steps_per_call=1, log_every=2, checkpoint_every=2)
-  config.lottery.update(levels=1, branches=("ticket",), rewind_step="1it")
-  config.tickets.seeds = (0,)
-  config.eval.update(num_samples=16, num_test=16, batch_size=16, grid_size=4)
-  rows = lottery.run(config, str(tmp_path / name))
+def test_smoke_search_keeps_pruned_weights_zero(searches, name):
+  rows, m, state = searches[name]
   assert [(r["level"], r["branch"]) for r in rows] == [(0, "dense"), (1, "ticket")]
   metric = "recon_mse" if name == "linear_ae" else "fid_fmnist_clf"
   assert all(np.isfinite(r[metric]) for r in rows)
+  assert int(state.step) == 2
+  pruned = pruned_entries(m, state.params)
+  assert sum(v.size for v in pruned.values()) > 0
+  for path, values in pruned.items():
+    np.testing.assert_array_equal(values, 0.0, err_msg=path)
+
+
+@needs_fmnist
+def test_sngan_normalised_kernels_keep_pruned_zeros(searches):
+  _, m, state = searches["sngan"]
+  d_params, d_stats = state.params["discriminator"], state.batch_stats["discriminator"]
+  assert set(d_stats) == set(d_params)                  # one power-iteration vector per layer
+  assert m["discriminator"]["head"]["kernel"] is None                 # excluded
+  for layer, mask in m["discriminator"].items():
+    if mask["kernel"] is None:
+      continue
+    used, _ = sngan.spectral_normalize(d_params[layer]["kernel"], d_stats[layer]["u"])
+    np.testing.assert_array_equal(np.asarray(used)[~np.asarray(mask["kernel"], bool)], 0.0)
+    assert np.any(np.asarray(used) != 0)
+
+
+@needs_fmnist
+def test_wgan_critic_respects_its_clip(searches):
+  _, _, state = searches["wgan"]
+  for leaf in jax.tree.leaves(state.params["discriminator"]):
+    assert np.max(np.abs(np.asarray(leaf))) <= 0.01
+  # BatchNorm scales start near 1: clipped to 0.01 by the first step, moved by < 1e-3 since.
+  scales = [np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+            if path[-1].key == "scale" and path[0].key == "discriminator"]
+  assert scales and all(np.all(s > 0.009) for s in scales)
+
+
+def test_two_steps_in_one_call_equal_two_calls():
+  """The WGAN (extra critic steps with their own keys, clipping), masked, as a search runs it."""
+  config = small_config("wgan")
+  fam = families.from_config(config)
+  state = fam.init(jax.random.key(0))
+  m = steps.dense_masks(fam, state.params, dict(config.prune.parts), tuple(config.prune.exclude))
+  m = pruning.magnitude(state.params, m, 0.5)
+  state = state._replace(params=masks.apply(state.params, m))
+  fused, _ = jax.jit(steps.multi_step(fam, 2))(state, m, images(), jax.random.key(1))
+  single = jax.jit(steps.multi_step(fam, 1))
+  for _ in range(2):
+    state, _ = single(state, m, images(), jax.random.key(1))
+  chex.assert_trees_all_close(fused.params, state.params, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(fused.batch_stats, state.batch_stats, atol=1e-5, rtol=1e-5)
