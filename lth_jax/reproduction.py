@@ -98,15 +98,15 @@ def _search(family: str, scale: str, branches: tuple[str, ...],
 
 
 # ----------------------------------------------------------------------------- the claims
-def _families(scale):
-  """Claims 1, 2 and 7's families at ``scale``."""
+def _families(claim: int, scale: str) -> tuple[str, ...]:
+  """Claim 1, 2 or 7's families at ``scale`` (the scale may name fewer)."""
   only = SCALE_SETTINGS[scale]["families"]
-  return tuple(f for f in claim_families(1) if only is None or f in only)
+  return tuple(f for f in claim_families(claim) if only is None or f in only)
 
 
 def _claim1(scale):
   return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
-          for f in _families(scale)]
+          for f in _families(1, scale)]
 
 
 def _spread(family: str, scale: str, branches: tuple[str, ...]) -> dict:
@@ -120,7 +120,7 @@ def _spread(family: str, scale: str, branches: tuple[str, ...]) -> dict:
 def _claim2(scale):
   return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + INIT_BRANCHES,
                                                       _spread(f, scale, INIT_BRANCHES)))
-          for f in _families(scale)]
+          for f in _families(2, scale)]
 
 
 def _claim3(scale):
@@ -145,8 +145,10 @@ def _claim4(scale):
 
 def _claim5(scale):
   jobs = []
-  for direction in configs.TRANSFER_DIRECTIONS:
-    config = base_config(configs.TRANSFER_DIRECTIONS[direction][0], scale)
+  for direction, (source, _) in configs.TRANSFER_DIRECTIONS.items():
+    if source not in claim_families(5):
+      continue
+    config = base_config(source, scale)
     config.lottery.levels = SCALE_SETTINGS[scale]["transfer_levels"]
     config.lottery.branches = CLAIM_BRANCHES
     config.transfer.direction = direction
@@ -167,7 +169,7 @@ def _claim6(scale):
 
 def _claim7(scale):
   return [Job(f"stability_{f}", "stability", _search(f, scale, CLAIM_BRANCHES),
-              source=f"search_{f}") for f in _families(scale)]
+              source=f"search_{f}") for f in _families(7, scale)]
 
 
 CLAIMS: dict[int, tuple[str, Callable[[str], list[Job]]]] = {
