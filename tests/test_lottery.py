@@ -26,6 +26,7 @@ def kept_per_leaf(m):
 def test_dcgan_search_levels_and_baselines(tmp_path):
   config = configs.get_config("dcgan", "fashion_mnist", "smoke")
   config.lottery.branches = branches.names()          # the defaults and one_shot
+  config.lottery.branch_levels = "snip,grasp,synflow=2"   # pruned at init: level 2 only
   workdir = str(tmp_path / "dcgan")
   rows = lottery.run(config, workdir)
   dense = masks.load(os.path.join(workdir, "level_00", "dense_seed0", "masks.npz"))
@@ -33,7 +34,8 @@ def test_dcgan_search_levels_and_baselines(tmp_path):
   assert "generator/convt0/kernel" not in sizes and "discriminator/head/kernel" not in sizes
   for level in (1, 2):
     level_rows = [r for r in rows if r["level"] == level]
-    assert {r["branch"] for r in level_rows} == set(branches.names())
+    assert {r["branch"] for r in level_rows} == set(branches.names()) - (
+        {"snip", "grasp", "synflow"} if level == 1 else set())
     ticket = masks.load(os.path.join(workdir, f"level_{level:02d}", "ticket_seed0", "masks.npz"))
     total = sum(sizes.values())
     kept = int(masks.counts(ticket)[0])
