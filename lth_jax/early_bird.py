@@ -53,6 +53,7 @@ from lth_jax import parallel
 from lth_jax import runs
 from lth_jax import steps as steps_lib
 from lth_jax import validation
+from lth_jax.models import layout
 
 PyTree = Any
 
@@ -84,6 +85,14 @@ class _Run:
     shapes = jax.eval_shape(family.init, jax.random.key(0))
     self.groups = (channels.family_groups(family, shapes.params, self.pruned_parts)
                    if self.structured else None)     # refuses a family without a layout
+    if self.structured:
+      named = [e.partition("=")[0].strip() for e in self.eb.part_sparsity.split(",") if e.strip()]
+      scored = {layout.part(g) for g in self.groups}
+      for part in named:
+        if part in self.pruned_parts and part not in scored:
+          raise ValueError(f"early_bird.part_sparsity names {part!r}, which has no BatchNorm "
+                           f"channels to score in {config.family}: leave it out (structured "
+                           "early-bird keeps it whole)")
     runs.prepare_workdir(workdir, config)
     self.workdir = workdir
     self.ctx = runs.Context(config, workdir)

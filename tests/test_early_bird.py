@@ -312,6 +312,15 @@ def test_family_groups_refuse_a_family_without_channel_layout():
     channels.family_groups(fam, params, ("encoder",))
 
 
+def test_part_sparsity_of_a_part_without_batchnorm_is_refused_before_any_work(tmp_path):
+  config = configs.get_config("resnet_dcgan", "fashion_mnist", "smoke", binary="early_bird")
+  config.early_bird.part_sparsity = "discriminator=0.5"      # the ResNet critic has no BN
+  with pytest.raises(ValueError, match="names 'discriminator', which has no BatchNorm channels "
+                                       "to score in resnet_dcgan"):
+    early_bird.run(config, str(tmp_path / "eb"))
+  assert not (tmp_path / "eb").exists()
+
+
 def params_at(params, path):
   for key in path.split("/"):
     params = params[key]
