@@ -63,17 +63,3 @@ def pytest_configure(config):
   for name, value in settings.items():
     jax.config.update(name, value)
     os.environ[name.upper()] = str(int(value) if isinstance(value, bool) else value)
-
-
-# Files whose tests train, search or start subprocesses (tens of CPU-seconds each; BUILD_NOTES,
-# "Test suite time"). They run first, so the two workers end on short tests instead of one
-# worker finishing a long search alone while the other idles.
-_HEAVY_FIRST = ("test_parallel.py", "test_zoo_resnet.py", "test_zoo_families.py",
-                "test_transfer.py", "test_lottery.py", "test_reproduce.py", "test_early_bird.py",
-                "test_notebooks.py", "test_training.py", "test_stability.py")
-
-
-def pytest_collection_modifyitems(items):
-  """Heavy files first (in the order above), every other test after them, each in file order."""
-  rank = {name: i for i, name in enumerate(_HEAVY_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
