@@ -13,7 +13,8 @@ config changes per scale, and the claims they take part in; :func:`claim_familie
 
 Scales (:data:`SCALES`): ``smoke`` (CI: smoke presets, 2 seeds, 1 level, claim 1/2/7 on the AE
 only, one early-bird sparsity), ``cpu`` (this repository's 2-core reference: narrow models,
-≥ 3 seeds unless a family's ``Reproduction.seeds`` names others, the paper's level counts) and
+≥ 3 seeds unless a family's ``Reproduction.seeds`` names others, the paper's final sparsities
+in half the levels) and
 ``gpu`` (the paper's widths, 5 seeds). Everything trains on Fashion-MNIST (offline); what is
 scaled down from the paper is written in ``docs/results/README.md``.
 """
@@ -21,6 +22,7 @@ scaled down from the paper is written in ``docs/results/README.md``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -40,18 +42,22 @@ CLAIM_BRANCHES = ("ticket", "random_reinit", "random_pruning")
 INIT_BRANCHES = ("snip", "grasp", "synflow")
 EB_SPARSITIES = (0.3, 0.5, 0.6, 0.75)
 
-# Per scale: preset, seeds, rewind (2% of training), early-bird sparsities, and the families of
-# claims 1, 2 and 7 (None: every reproduced family). IMP levels (20% per level: 1 - 0.8**L
-# pruned) and config changes per family are the families' (``Reproduction``); 'cpu' sizes: the
-# narrowest models whose dense samples look like clothes (BENCHMARKS/issue 14 sizing facts).
+# Per scale: preset, seeds, rewind (2% of training), early-bird sparsities, the families of
+# claims 1, 2 and 7 (None: every reproduced family) and ``merge_levels``: k of the paper's IMP
+# levels (20% each) done as one (1 - 0.8**k pruned per level, ceil(L / k) levels), so 'cpu'
+# trains every other sparsity of the paper's grid (36%, 59%, ... 98.8% for the AE's 20 levels),
+# half the trainings. IMP levels and config changes per family are the families'
+# (``Reproduction``); 'cpu' sizes: the narrowest models whose dense samples look like clothes
+# (BUILD_NOTES "Reproduction" sizing facts).
 SCALE_SETTINGS = {
     "smoke": dict(preset="smoke", seeds=(0, 1), transfer_levels=1, rewind="2it",
-                  families=("ae",), eb_sparsities=(0.5,)),
+                  families=("ae",), eb_sparsities=(0.5,), merge_levels=1),
     "cpu": dict(preset="default", seeds=(0, 1, 2), transfer_levels=10, rewind="2%",
-                families=None, eb_sparsities=EB_SPARSITIES),
+                families=None, eb_sparsities=EB_SPARSITIES, merge_levels=2),
     "gpu": dict(preset="paper", seeds=(0, 1, 2, 3, 4), transfer_levels=10, rewind="2%",
-                families=None, eb_sparsities=EB_SPARSITIES),
+                families=None, eb_sparsities=EB_SPARSITIES, merge_levels=1),
 }
+PAPER_RATE = 0.2   # the paper's IMP rate: 20% of the remaining weights per level
 
 
 def claim_families(claim: int) -> tuple[str, ...]:
@@ -75,10 +81,16 @@ def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
   plan = families_lib.get(family).reproduction
   config = configs.get_config(family, "fashion_mnist", settings["preset"])
   config.tickets.seeds = tuple(plan.seeds.get(scale, settings["seeds"]))
-  config.lottery.levels = plan.levels[scale]
+  config.lottery.rate = 1 - (1 - PAPER_RATE) ** settings["merge_levels"]
+  config.lottery.levels = scaled_levels(plan.levels[scale], scale)
   config.update_from_flattened_dict(dict(plan.overrides.get(scale, {})))
   config.lottery.rewind_step = _rewind(settings["rewind"], config.train.steps)  # late resetting
   return config
+
+
+def scaled_levels(paper_levels: int, scale: str) -> int:
+  """The IMP levels at ``scale`` that reach the sparsity of ``paper_levels`` levels of 20%."""
+  return math.ceil(paper_levels / SCALE_SETTINGS[scale]["merge_levels"])
 
 
 def _rewind(spec: str, steps: int) -> str:
@@ -112,7 +124,7 @@ def _claim1(scale):
 def _spread(family: str, scale: str, branches: tuple[str, ...]) -> dict:
   """``lottery.branch_levels`` training ``branches`` at four levels spread over the family's
   range (e.g. 3, 6, 9, 12 of 12): baselines that need no previous level are compared there."""
-  levels = families_lib.get(family).reproduction.levels[scale]
+  levels = scaled_levels(families_lib.get(family).reproduction.levels[scale], scale)
   spread = sorted({max(1, round(levels * i / 4)) for i in range(1, 5)})
   return {"lottery.branch_levels": f"{','.join(branches)}={','.join(map(str, spread))}"}
 
@@ -149,7 +161,7 @@ def _claim5(scale):
     if source not in claim_families(5):
       continue
     config = base_config(source, scale)
-    config.lottery.levels = SCALE_SETTINGS[scale]["transfer_levels"]
+    config.lottery.levels = scaled_levels(SCALE_SETTINGS[scale]["transfer_levels"], scale)
     config.lottery.branches = CLAIM_BRANCHES
     config.transfer.direction = direction
     jobs.append(Job(f"transfer_{direction}", "transfer", configs.for_binary(config, "transfer")))

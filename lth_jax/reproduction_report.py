@@ -300,13 +300,15 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
   lines += [f"| {s.claim}. {s.title} | **{s.verdict}** |" for s in sections]
   lines += ["", __doc__.split("Rules (stated again on the page):", 1)[1].strip(), ""]
   lines += ["## Scale", "", f"Data: Fashion-MNIST (32x32x1) for every family (the paper: "
-            "CIFAR-10, CelebA, MNIST). 20% of the remaining weights pruned per level.", "",
-            "| family | width | steps | batch | levels (pruned %) | rewind | seeds |",
-            "|---|---:|---:|---:|---|---|---|"]
+            "CIFAR-10, CelebA, MNIST). Each level prunes the `rate` of the remaining weights "
+            "(the paper: 20%).", "",
+            "| family | width | steps | batch | rate | levels (pruned %) | rewind | seeds |",
+            "|---|---:|---:|---:|---:|---|---|---|"]
   for family in reproduction.claim_families(1):
     c = reproduction.base_config(family, scale)
     lines.append(f"| {family} | {c.model.width} | {c.train.steps} | {c.train.batch_size} | "
-                 f"{c.lottery.levels} ({100 * (1 - 0.8 ** c.lottery.levels):.1f}%) | "
+                 f"{c.lottery.rate:.2f} | {c.lottery.levels} "
+                 f"({100 * (1 - (1 - c.lottery.rate) ** c.lottery.levels):.1f}%) | "
                  f"{c.lottery.rewind_step} | {len(c.tickets.seeds)} |")
   lines.append("")
   for s in sections:
