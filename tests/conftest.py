@@ -31,6 +31,12 @@ def checkpoint_saved(checkpoints: pathlib.Path) -> bool:
       for name in os.listdir(group))
 
 
+# XLA CPU's older fusion emitters: 3x faster compiles, but a ticket's step compiled inside the
+# ticket runner's program then differs in the last bits from the same step compiled alone, so the
+# bit-identity workers of test_parallel.py run without this flag (XLA's default emitters).
+LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
   """Faster compiles for the test suite: threefry's old stream and one shared XLA cache.
@@ -39,26 +45,32 @@ def pytest_configure(config):
   to compile on XLA CPU (measured: a DCGAN init compiles in 11 s vs 1.9 s). Tests compare runs
   against each other, never against fixed random values, so the stream choice does not matter.
 
-  XLA compiles at its lowest backend optimisation level: the suite's programs are tiny and mostly
-  compiled, not run (measured: 25-30% less time per test). Equalities between two programs hold
-  at any level, since both sides compile alike; the device workers of ``test_parallel.py`` set
-  their own ``XLA_FLAGS``, so its bit-identity checks run at the default level users get.
+  XLA compiles at its lowest backend optimisation level, with its older (non-MLIR) fusion
+  emitters: the suite's programs are tiny and mostly compiled, not run (measured: 25-30% less
+  time per test for the level; a smoke WGAN step compiles in 2.2 s instead of 6.9 s without the
+  MLIR emitters). Equalities between two programs hold with these flags, both sides compiling
+  alike, and every subprocess inherits them through the environment (bit-identity between a
+  ticket in the runner and the ticket alone needs the default emitters: LEGACY_EMITTERS).
 
   Many tests (and the binaries they start as subprocesses) compile the same smoke-size programs;
   JAX's persistent compilation cache, one per test run and shared by the xdist workers and their
   subprocesses through the environment, compiles each once (every program, however fast it
-  compiles: measured ~5% less CPU than caching only those over 0.5 s). A size limit turns on
-  JAX's file lock, so concurrent readers never see a half-written entry.
+  compiles: measured ~5% less CPU than caching only those over 0.5 s). The cache has no size
+  limit: a limit turns on JAX's LRU eviction, whose every write reads every entry's access time
+  (the suite writes ~3,200 entries, so the cost grows with the square of the suite: measured, a
+  VAE's eager init took 34 CPU-s against a full cache vs 7.5 against an empty one). Without the
+  limit there is no file lock; a reader that meets an entry still being written gets a
+  decompression error, which JAX turns into a warning and a recompile.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  fast = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+          f"{LEGACY_EMITTERS}")
   if fast not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {fast}".strip()
   base = config._tmp_path_factory.getbasetemp()  # pylint: disable=protected-access
   shared = base.parent if hasattr(config, "workerinput") else base   # one root for all workers
   settings = {"jax_threefry_partitionable": False,
               "jax_compilation_cache_dir": str(shared / "xla_cache"),
-              "jax_compilation_cache_max_size": 8 << 30,
               "jax_persistent_cache_min_compile_time_secs": 0}
   for name, value in settings.items():
     jax.config.update(name, value)

@@ -2,7 +2,8 @@
 
 XLA_FLAGS must be set before JAX starts, so the multi-device cases run this file as a worker in
 subprocesses (``python tests/test_parallel.py <scenario> ...``) with 2 or 4 forced host devices;
-the multi-process case starts two workers joined by ``jax.distributed`` on 127.0.0.1. Workers
+the multi-process case starts two workers joined by ``jax.distributed`` on 127.0.0.1, and its
+lottery search is compared with a one-process search in a worker of the same flags. Workers
 save each ticket's final state as one flat vector, next to the same tickets trained alone with
 ``steps.jit_multi_step`` in the same process (XLA CPU splits work by the process's device count,
 so a ticket alone on a 4-device process differs in the last bits from one on a 1-device
@@ -18,6 +19,7 @@ import subprocess
 import sys
 
 import chex
+import filelock
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +27,7 @@ import pytest
 
 from lth_jax import checkpointing, configs, experiment_main, lottery, masks, parallel, pruning
 from lth_jax import steps
-from tests.conftest import fmnist_available, needs_fmnist
+from tests.conftest import LEGACY_EMITTERS, fmnist_available, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
@@ -194,13 +196,13 @@ _COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=60
                         "--xla_cpu_collective_timeout_seconds=300")
 
 
-def _worker(*args, devices, same_xla_flags=False, **env):
-  """A worker process. ``same_xla_flags``: keep this process's ``XLA_FLAGS`` (the suite's
-  optimisation level, conftest.py), for results compared with this process's; otherwise XLA's
-  default level, the one users get (the device workers' bit-identity checks)."""
+def _worker(*args, devices, **env):
+  """A worker process with ``devices`` forced host devices and the suite's ``XLA_FLAGS``
+  (conftest.py; measured ~30% less CPU than XLA's defaults) but XLA's default fusion emitters,
+  with which a ticket in the runner is bit-identical to the ticket alone (LEGACY_EMITTERS)."""
   # XLA's thread count changes the last bits (SCENARIOS): only a scenario sets PJRT_NPROC.
   inherited = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
-  flags = os.environ.get("XLA_FLAGS", "") if same_xla_flags else ""
+  flags = os.environ.get("XLA_FLAGS", "").replace(LEGACY_EMITTERS, "")
   env = {**inherited, "JAX_THREEFRY_PARTITIONABLE": "0", "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices} "
                       f"{_COLLECTIVE_TIMEOUTS}".strip(),
@@ -215,37 +217,46 @@ def _finish(proc, timeout=600) -> str:
   return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def workers(tmp_path_factory):
-  """Starts every worker before this file's first test: they run alongside the in-process tests.
-  """
-  tmp = tmp_path_factory.mktemp("parallel")
-  with_lottery = fmnist_available()
+def _start_workers(tmp) -> dict[str, subprocess.Popen]:
+  """Every worker process, writing into ``tmp``."""
   port = _free_port()
   procs = {name: _worker("devices", name, tmp / f"{name}.npz", devices=n, **env)
            for name, (n, env, _, _) in SCENARIOS.items()}
-  # The two processes' search is compared with this process's (same XLA flags: the classifier
-  # of the feature space may be trained by either side, concurrently, before it is cached).
+  with_lottery = fmnist_available()
+  # The two processes' search is compared with a one-process search in a worker of the same
+  # flags (the classifier of the feature space may be trained by either, concurrently, before
+  # it is cached).
+  if with_lottery:
+    procs["one"] = _worker("search", tmp / "one", devices=1)
   procs.update({f"p{pid}": _worker("processes", tmp, int(with_lottery), devices=1,
-                                   same_xla_flags=True, LTH_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                                   LTH_JAX_COORDINATOR=f"127.0.0.1:{port}",
                                    LTH_JAX_NUM_PROCESSES="2", LTH_JAX_PROCESS_ID=str(pid))
                 for pid in (0, 1)})
-  yield tmp, procs, with_lottery
-  for proc in procs.values():
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
+  return procs
 
 
 @pytest.fixture(scope="module")
-def runs(workers):
-  """The workers' results; meanwhile this process runs the one-process search."""
-  tmp, procs, with_lottery = workers
-  if with_lottery:
-    lottery.run(lottery_config(), str(tmp / "one"))
-  results = {"dir": tmp}
-  for name, proc in procs.items():
-    results[f"out_{name}"] = _finish(proc)
+def runs(tmp_path_factory):
+  """The workers' results, computed once per test run: the first xdist worker to get here runs
+  the workers (each xdist worker would otherwise run its own copy of this module fixture); the
+  other waits on the lock, then reads what they wrote."""
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  tmp = shared / "parallel"
+  with filelock.FileLock(str(shared / "parallel.lock")):
+    if not (tmp / "outputs.json").exists():
+      tmp.mkdir(exist_ok=True)
+      procs = _start_workers(tmp)
+      try:
+        outputs = {name: _finish(proc) for name, proc in procs.items()}
+      finally:
+        for proc in procs.values():
+          if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+      (tmp / "outputs.json").write_text(json.dumps(outputs))
+  outputs = json.loads((tmp / "outputs.json").read_text())
+  results = {"dir": tmp, **{f"out_{name}": out for name, out in outputs.items()}}
   for name in SCENARIOS:
     with np.load(tmp / f"{name}.npz") as f:
       results[name] = dict(f)
@@ -431,5 +442,7 @@ if __name__ == "__main__":
   jax.config.update("jax_threefry_partitionable", False)
   if sys.argv[1] == "devices":
     worker_devices(sys.argv[2], sys.argv[3])
+  elif sys.argv[1] == "search":
+    lottery.run(lottery_config(), sys.argv[2])
   else:
     worker_processes(sys.argv[2], bool(int(sys.argv[3])))

@@ -106,14 +106,8 @@ def pruned_entries(m, params, prefix=""):
   return out
 
 
-# The end-to-end searches: the families with code paths of their own (spectral normalisation's
-# state; clipping, RMSprop and critic steps; no BatchNorm at all). WGAN-GP's penalty and the VAE
-# with β = 1 run the builders' paths searched here and in test_lottery/test_transfer (suite time).
-SEARCHED = ("sngan", "wgan", "linear_ae")
-
-
 @needs_fmnist
-@pytest.mark.parametrize("name", SEARCHED)
+@pytest.mark.parametrize("name", ZOO)
 def test_smoke_search_keeps_pruned_weights_zero(searches, name):
   rows, m, state = searches[name]
   assert [(r["level"], r["branch"]) for r in rows] == [(0, "dense"), (1, "ticket")]
