@@ -3,7 +3,9 @@
 An :class:`Evaluator` is built once per run (feature network and the test images' reference
 statistics, :func:`lth_jax.metrics.reference_stats`, are computed once) and then scores any number
 of states of the same family; samples are scored by :func:`lth_jax.metrics.feature_metrics`, whose
-keys name their feature space (``fid_fmnist_clf``, ``kid_std_inception``, ...).
+keys name their feature space (``fid_fmnist_clf``, ``kid_std_inception``, ...). A family that
+does not generate (the AutoEncoders) is scored by reconstruction only and needs no feature space:
+no classifier is trained and no Inception weights are read for it.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def primary_metric_in(family: str, columns) -> str:
 @dataclasses.dataclass
 class Evaluator:
   """Scores states of one family against one data set's test split."""
-  extractor: feature_spaces.FeatureExtractor
-  reference: metrics.ReferenceStats  # of test_images, in the extractor's feature space
+  extractor: feature_spaces.FeatureExtractor | None   # None: the family does not generate
+  reference: metrics.ReferenceStats | None  # of test_images, in the extractor's feature space
   test_images: np.ndarray           # float32 [-1, 1], [num_test, H, W, C]
   num_samples: int
   batch_size: int
@@ -83,13 +85,17 @@ class Evaluator:
   def from_config(cls, config: ml_collections.ConfigDict, train_split: data_lib.Split,
                   test_split: data_lib.Split, *,
                   extractor: feature_spaces.FeatureExtractor | None = None) -> "Evaluator":
-    """Reads ``config.eval`` and ``config.seed``; ``extractor`` defaults to the config's."""
+    """Reads ``config.eval`` and ``config.seed``; ``extractor`` defaults to the config's (none
+    for a family that does not generate)."""
     if config.eval.num_samples < metrics.IS_SPLITS:
       raise ValueError(f"eval.num_samples={config.eval.num_samples} is below the Inception "
                        f"Score's {metrics.IS_SPLITS} splits; use more samples")
-    extractor = extractor or feature_extractor_from_config(config, train_split, test_split)
     test = data_lib.to_float(np.asarray(test_split.images[:config.eval.num_test]))
-    return cls(extractor, metrics.reference_stats(extractor, test), test,
+    reference = None
+    if families.from_config(config).generate is not None:
+      extractor = extractor or feature_extractor_from_config(config, train_split, test_split)
+      reference = metrics.reference_stats(extractor, test)
+    return cls(extractor, reference, test,
                config.eval.num_samples, config.eval.batch_size, config.eval.grid_size,
                jax.random.fold_in(jax.random.key(config.seed), 10_000_019))
 
@@ -123,10 +129,9 @@ class Evaluator:
     reconstruct), the family's test losses (``Family.test_losses``, e.g. the VAE's −ELBO) and
     the feature classifier's test accuracy."""
     out: dict[str, float] = {}
-    name = self.extractor.name
-    if "test_accuracy" in self.extractor.info:  # how good the feature space itself is
-      out[f"{name}_test_accuracy"] = float(self.extractor.info["test_accuracy"])
     if family.generate is not None:
+      if "test_accuracy" in self.extractor.info:  # how good the feature space itself is
+        out[f"{self.extractor.name}_test_accuracy"] = float(self.extractor.info["test_accuracy"])
       fake = self.samples(family, state, self.num_samples, self.key)
       if not np.all(np.isfinite(fake)):
         raise steps_lib.DivergenceError("generated samples contain NaN/Inf; the model has diverged")

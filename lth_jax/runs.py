@@ -207,7 +207,8 @@ class Context:
     if not self.is_main:
       self.evaluator = evaluation.Evaluator.from_config(config, self.train_split,
                                                         self.test_split)
-    self.metric = evaluation.primary_metric_key(config.family, self.evaluator.extractor.name)
+    extractor = self.evaluator.extractor
+    self.metric = evaluation.primary_metric_key(config.family, extractor.name if extractor else "")
     self.state_shape = jax.eval_shape(self.family.init, jax.random.key(0))
     logging.info("model %s: %s", config.family, param_summary(self.state_shape.params))
 

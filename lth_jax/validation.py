@@ -258,7 +258,9 @@ def _gan_only(config, kind: str) -> None:
 def _eval(config, family: str) -> None:
   space = _choice(config, "eval.feature_space", configs.FEATURE_SPACES)
   weights = _typed(config, "eval.inception_weights", str)
-  if space == "inception":
+  # A family that does not generate needs no feature space (evaluation.Evaluator).
+  generates = families.from_config(config).generate is not None
+  if space == "inception" and generates:
     _inception_weights(weights)
   # Evaluator.from_config needs the Inception Score's splits (every family builds it).
   samples = _int(config, "eval.num_samples")
@@ -268,11 +270,10 @@ def _eval(config, family: str) -> None:
   _int(config, "eval.num_test", 2)   # FID needs a covariance
   _int(config, "eval.batch_size", 1)
   # A family that does not generate shows half test images, half their reconstructions.
-  generates = families.from_config(config).generate is not None
   _int(config, "eval.grid_size", 1 if generates else 2)
   _int(config, "eval.classifier_steps", 1)
   _typed(config, "eval.cache_dir", str)
-  if space == "classifier":
+  if space == "classifier" and generates:
     _classifier_data(config)
 
 

@@ -36,7 +36,7 @@ CASES = {
         (["--config=ae_fmnist.py:smoke", "--config.lottery.levels=3"],
          "lottery.levels is not read by train"),
         (["--config=dcgan_cifar10.py:smoke"], "needs eval.inception_weights"),
-        (["--config=ae_fmnist.py:smoke", "--config.data.limit=64",
+        (["--config=vae_fmnist.py:smoke", "--config.data.limit=64",
           "--config.eval.cache_dir={tmp}/cache"], "data.limit=64 leaves 64 training images"),
     ],
     "find_tickets": [

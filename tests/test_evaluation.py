@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import configs, data, evaluation, feature_spaces, metrics, runs
+from lth_jax import configs, data, evaluation, feature_spaces, metrics, runs, validation
 
 
 def _toy_extractor(name="toy"):
@@ -73,3 +73,19 @@ def test_feature_space_from_config_never_falls_back():
   config.eval.feature_space = "pixels"
   with pytest.raises(ValueError, match="unknown eval.feature_space 'pixels'"):
     evaluation.feature_extractor_from_config(config, _split(1, 16), _split(2, 16))
+
+
+def test_a_family_that_does_not_generate_needs_no_feature_space(monkeypatch):
+  """The AE on CIFAR-10 (feature space 'inception', no weights): valid, and scored by
+  reconstruction only, with no feature network built or trained."""
+  config = configs.get_config("ae", "cifar10", "smoke")
+  assert config.eval.feature_space == "inception" and not config.eval.inception_weights
+  validation.check(config, "find_tickets")
+  monkeypatch.setattr(evaluation, "feature_extractor_from_config",
+                      lambda *a, **k: pytest.fail("a feature network was built"))
+  images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  split = data.Split(images=images, labels=np.zeros(16, np.int32))
+  evaluator = evaluation.Evaluator.from_config(config, split, split)
+  assert evaluator.extractor is None and evaluator.reference is None
+  family = runs.family_from_config(config)
+  assert set(evaluator(family, family.init(jax.random.key(0)))) == {"recon_mse"}

@@ -245,7 +245,10 @@ def _fake_split(n: int, size: int = 32) -> data.Split:
 
 
 def test_data_limit_below_the_classifier_batch_needs_a_cached_classifier(tmp_path, monkeypatch):
-  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  ae = configs.get_config("ae", "fashion_mnist", "smoke")
+  ae.data.limit = 127
+  validation.check(ae, "train")                # a family that does not generate: no classifier
+  config = configs.get_config("vae", "fashion_mnist", "smoke")
   config.eval.cache_dir = str(tmp_path)
   config.data.limit = 127
   with pytest.raises(validation.ConfigError,
