@@ -214,14 +214,21 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
   return sorted(merged.values(), key=lambda j: order[j.binary])
 
 
+def job_finished(job: Job, workdir: str) -> bool:
+  """Whether ``workdir/<job name>/job_done.json`` holds ``job``'s config (a search finished for
+  claim 1 is unfinished for claim 2, whose config adds branches)."""
+  done = os.path.join(workdir, job.name, "job_done.json")
+  return os.path.exists(done) and runs.read_json(done) == runs.config_to_dict(job.config)
+
+
 def run_job(job: Job, workdir: str) -> None:
-  """Runs ``job`` in ``workdir/<name>`` unless its ``job_done.json`` holds the same config;
-  accumulates its wall-clock and process CPU seconds over resumptions in ``job_time.json``."""
+  """Runs ``job`` in ``workdir/<name>`` unless it is :func:`job_finished`; accumulates its
+  wall-clock and process CPU seconds over resumptions in ``job_time.json``."""
+  if job_finished(job, workdir):
+    return
   path = os.path.join(workdir, job.name)
   done = os.path.join(path, "job_done.json")
   config = runs.config_to_dict(job.config)
-  if os.path.exists(done) and runs.read_json(done) == config:
-    return
   drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
              "early_bird": early_bird.run}
   times_path = os.path.join(path, "job_time.json")

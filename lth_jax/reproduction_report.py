@@ -9,7 +9,8 @@ Rules (stated again on the page):
 * **wins** (claim 1): at a level, the ticket's mean is within the dense model's seed spread
   (``<= dense mean + dense std``) and below both random baselines' means.
 * A claim **held** when its comparison holds at every compared point, **partly held** at some,
-  **did not hold** at none.
+  **did not hold** at none. A claim with an unfinished job gets **no verdict yet**: its tables
+  show what has run so far.
 """
 
 from __future__ import annotations
@@ -287,7 +288,15 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
           command: str) -> str:
   """Writes ``claim<N>.csv``, plots and ``README.md`` into ``results_dir``; returns the page."""
   os.makedirs(results_dir, exist_ok=True)
-  sections = [SECTIONS[c](workdir, results_dir) for c in claims]
+  sections = []
+  for c in claims:
+    section = SECTIONS[c](workdir, results_dir)
+    jobs = reproduction.jobs_for([c], scale)
+    unfinished = [j.name for j in jobs if not reproduction.job_finished(j, workdir)]
+    if unfinished:
+      section = section._replace(verdict=f"no verdict yet: {len(unfinished)} of {len(jobs)} "
+                                         f"jobs unfinished ({', '.join(unfinished)})")
+    sections.append(section)
   times = []
   for job in reproduction.jobs_for(list(claims), scale):
     path = os.path.join(workdir, job.name, "job_time.json")

@@ -92,6 +92,14 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
   assert after == before                  # no job started: nothing in the runs changed
   assert (results / "README.md").read_text() == page
+  assert "| **no verdict yet" not in page
+  # An unfinished job (here: its done marker gone) leaves its claim without a verdict, its
+  # tables still shown.
+  (workdir / "search_ae" / "job_done.json").unlink()
+  partial = reproduction_report.write(str(workdir), str(tmp_path / "partial"), [1], "smoke", "")
+  assert "| 1. Winning tickets by IMP with late resetting | **no verdict yet: 1 of 1 jobs " \
+         "unfinished (search_ae)** |" in partial
+  assert "Highest winning sparsity" in partial
 
 
 def test_bad_claims_are_refused_with_one_line(tmp_path):
