@@ -21,9 +21,11 @@ scaled down from the paper is written in ``docs/results/README.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -221,25 +223,45 @@ def job_finished(job: Job, workdir: str) -> bool:
   return os.path.exists(done) and runs.read_json(done) == runs.config_to_dict(job.config)
 
 
+@contextlib.contextmanager
+def _job_clock(path: str, every_s: float = 60.0):
+  """Adds this process's wall-clock and CPU seconds (all threads) to the JSON file ``path``
+  every ``every_s`` seconds and at the end: a killed run loses at most ``every_s`` of them."""
+  before = runs.read_json(path) if os.path.exists(path) else {"wall_s": 0.0, "cpu_s": 0.0}
+  wall, cpu = time.perf_counter(), time.process_time()
+  lock, stop = threading.Lock(), threading.Event()
+
+  def write():
+    with lock:
+      runs.write_json(path, {"wall_s": before["wall_s"] + time.perf_counter() - wall,
+                             "cpu_s": before["cpu_s"] + time.process_time() - cpu})
+
+  def loop():
+    while not stop.wait(every_s):
+      write()
+
+  thread = threading.Thread(target=loop, name="job-clock", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
+    write()
+
+
 def run_job(job: Job, workdir: str) -> None:
   """Runs ``job`` in ``workdir/<name>`` unless it is :func:`job_finished`; accumulates its
-  wall-clock and process CPU seconds over resumptions in ``job_time.json``."""
+  wall-clock and process CPU seconds over resumptions in ``job_time.json`` (:func:`_job_clock`).
+  """
   if job_finished(job, workdir):
     return
   path = os.path.join(workdir, job.name)
-  done = os.path.join(path, "job_done.json")
-  config = runs.config_to_dict(job.config)
   drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
              "early_bird": early_bird.run}
-  times_path = os.path.join(path, "job_time.json")
-  spent = runs.read_json(times_path) if os.path.exists(times_path) else {"wall_s": 0.0,
-                                                                          "cpu_s": 0.0}
-  wall, cpu = time.perf_counter(), time.process_time()
-  if job.binary == "stability":
-    stability.run(job.config, path, os.path.join(workdir, job.source))
-  else:
-    drivers[job.binary](job.config, path)
-  spent = {"wall_s": spent["wall_s"] + time.perf_counter() - wall,
-           "cpu_s": spent["cpu_s"] + time.process_time() - cpu}
-  runs.write_json(times_path, spent)
-  runs.write_json(done, config)
+  with _job_clock(os.path.join(path, "job_time.json")):
+    if job.binary == "stability":
+      stability.run(job.config, path, os.path.join(workdir, job.source))
+    else:
+      drivers[job.binary](job.config, path)
+  runs.write_json(os.path.join(path, "job_done.json"), runs.config_to_dict(job.config))

@@ -294,8 +294,12 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
     jobs = reproduction.jobs_for([c], scale)
     unfinished = [j.name for j in jobs if not reproduction.job_finished(j, workdir)]
     if unfinished:
-      section = section._replace(verdict=f"no verdict yet: {len(unfinished)} of {len(jobs)} "
-                                         f"jobs unfinished ({', '.join(unfinished)})")
+      section = section._replace(
+          verdict=f"no verdict yet ({len(unfinished)} of {len(jobs)} jobs unfinished)",
+          body=f"Unfinished: {', '.join(unfinished)}.\n\n" + (
+              section.body if section.rows else "Nothing has run yet."))
+    elif not section.rows:
+      section = section._replace(body="Not run yet.")
     sections.append(section)
   times = []
   for job in reproduction.jobs_for(list(claims), scale):
@@ -323,7 +327,7 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
   for s in sections:
     if s.rows:
       report.write_csv(s.rows, os.path.join(results_dir, f"claim{s.claim}.csv"))
-    lines += [f"## {s.claim}. {s.title}: {s.verdict}", "", s.body or "Not run yet.", ""]
+    lines += [f"## {s.claim}. {s.title}: {s.verdict}", "", s.body, ""]
   lines += ["## Compute", "", "| job | wall hours | CPU hours |", "|---|---:|---:|", *times, ""]
   page = "\n".join(lines)
   with open(os.path.join(results_dir, "README.md"), "w") as f:

@@ -3,10 +3,11 @@ leaves untouched."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
-from lth_jax import families, reproduction, reproduction_report, validation
+from lth_jax import families, reproduction, reproduction_report, runs, validation
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,8 +98,8 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   # tables still shown.
   (workdir / "search_ae" / "job_done.json").unlink()
   partial = reproduction_report.write(str(workdir), str(tmp_path / "partial"), [1], "smoke", "")
-  assert "| 1. Winning tickets by IMP with late resetting | **no verdict yet: 1 of 1 jobs " \
-         "unfinished (search_ae)** |" in partial
+  assert "| 1. Winning tickets by IMP with late resetting | **no verdict yet (1 of 1 jobs " \
+         "unfinished)** |" in partial and "Unfinished: search_ae." in partial
   assert "Highest winning sparsity" in partial
 
 
@@ -109,3 +110,18 @@ def test_bad_claims_are_refused_with_one_line(tmp_path):
   assert out.returncode == 2
   assert "unknown claim(s) [9]" in out.stderr and "Traceback" not in out.stderr
   assert not (tmp_path / "runs").exists()
+
+
+def test_job_clock_writes_while_running_and_accumulates(tmp_path):
+  path = str(tmp_path / "job" / "job_time.json")
+  with reproduction._job_clock(path, every_s=0.02):   # pylint: disable=protected-access
+    deadline = time.time() + 10
+    while not os.path.exists(path) and time.time() < deadline:   # written before the end
+      sum(range(10_000))
+    first = runs.read_json(path)
+  assert first["wall_s"] > 0
+  end = runs.read_json(path)
+  with reproduction._job_clock(path, every_s=60):     # pylint: disable=protected-access
+    time.sleep(0.05)
+  total = runs.read_json(path)
+  assert total["wall_s"] >= end["wall_s"] + 0.05 and total["cpu_s"] >= end["cpu_s"]
