@@ -34,7 +34,7 @@ def build(s: families.Settings):
 
 SPEC = families.register(families.Spec(
     name="sngan", kind="gan", parts=gan.PARTS, build=build, primary_metric="fid",
-    config={"model.z_dim": 128, "model.width": 16, "train.steps": 2500, "loss.kind": "hinge",
+    config={"model.z_dim": 128, "model.width": 16, "train.steps": 2000, "loss.kind": "hinge",
             "train.optimizer.lr": 2e-4, "train.optimizer.b1": 0.5,
             # As the DCGAN: G's first (dense) layer and D's last (dense) layer stay dense.
             "prune.exclude": ("generator/convt0", "discriminator/head")},

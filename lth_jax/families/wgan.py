@@ -34,7 +34,7 @@ def build(s: families.Settings):
 
 SPEC = families.register(families.Spec(
     name="wgan", kind="gan", parts=gan.PARTS, build=build, primary_metric="fid",
-    config={"model.z_dim": 100, "train.steps": 3000, "loss.kind": "wasserstein",
+    config={"model.z_dim": 100, "model.width": 16, "train.steps": 4000, "loss.kind": "wasserstein",
             "train.n_critic": 5, "train.clip": 0.01,
             "train.optimizer.kind": "rmsprop", "train.optimizer.lr": 5e-5,
             "train.optimizer.b2": 0.99, "prune.exclude": EXCLUDE},

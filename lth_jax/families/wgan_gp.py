@@ -31,7 +31,7 @@ def build(s: families.Settings):
 
 SPEC = families.register(families.Spec(
     name="wgan_gp", kind="gan", parts=gan.PARTS, build=build, primary_metric="fid",
-    config={"model.z_dim": 100, "train.steps": 1500, "loss.kind": "wasserstein",
+    config={"model.z_dim": 100, "model.width": 16, "train.steps": 1500, "loss.kind": "wasserstein",
             "loss.gradient_penalty": 10.0, "train.n_critic": 5,
             "train.optimizer.lr": 1e-4, "train.optimizer.b1": 0.5, "train.optimizer.b2": 0.9,
             "prune.exclude": wgan_family.EXCLUDE},
