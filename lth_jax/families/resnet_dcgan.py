@@ -33,7 +33,7 @@ def build(s: families.Settings):
 
 SPEC = families.register(families.Spec(
     name="resnet_dcgan", kind="gan", parts=gan.PARTS, build=build, primary_metric="fid",
-    config={"model.z_dim": 128, "model.width": 16, "train.batch_size": 32, "train.steps": 3000,
+    config={"model.z_dim": 128, "model.width": 16, "train.batch_size": 32, "train.steps": 5000,
             "train.optimizer.lr": 2e-4, "train.optimizer.b1": 0.5,
             "transfer.direction": "resnet_gan_to_vae",
             # As the DCGAN: the generator's first layer and the discriminator's last stay dense.
