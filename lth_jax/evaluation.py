@@ -127,7 +127,7 @@ class Evaluator:
     """Metrics of ``state``: FID/KID/IS of ``num_samples`` samples (families that generate;
     from :func:`metrics.feature_metrics`), recon MSE of the test images (families that
     reconstruct), the family's test losses (``Family.test_losses``, e.g. the VAE's −ELBO) and
-    the feature classifier's test accuracy."""
+    the feature classifier's test accuracy (families that generate)."""
     out: dict[str, float] = {}
     if family.generate is not None:
       if "test_accuracy" in self.extractor.info:  # how good the feature space itself is
