@@ -229,12 +229,11 @@ def _job_clock(path: str, every_s: float = 60.0):
   every ``every_s`` seconds and at the end: a killed run loses at most ``every_s`` of them."""
   before = runs.read_json(path) if os.path.exists(path) else {"wall_s": 0.0, "cpu_s": 0.0}
   wall, cpu = time.perf_counter(), time.process_time()
-  lock, stop = threading.Lock(), threading.Event()
+  stop = threading.Event()
 
-  def write():
-    with lock:
-      runs.write_json(path, {"wall_s": before["wall_s"] + time.perf_counter() - wall,
-                             "cpu_s": before["cpu_s"] + time.process_time() - cpu})
+  def write():   # the thread's writes end (join) before the last one
+    runs.write_json(path, {"wall_s": before["wall_s"] + time.perf_counter() - wall,
+                           "cpu_s": before["cpu_s"] + time.process_time() - cpu})
 
   def loop():
     while not stop.wait(every_s):
