@@ -110,8 +110,7 @@ def _batch_shapes(runner, t):
 # all-reduce deadlocked with as many XLA client threads as devices (2 cores, 4 devices;
 # parallel.cpu_collective_deadlock_risk), so its worker gets twice as many. It is a worker of its
 # own: with 8 XLA threads a ticket is no longer bit-identical to itself alone (last bits).
-SCENARIOS = {"tickets2": (2, {}, "ae", [("seq3", 3, "sequential", 1), ("vmap3", 3, "vmap", 1)]),
-             "tickets4": (4, {}, "ae", [("seq3", 3, "sequential", 1)]),
+SCENARIOS = {"tickets4": (4, {}, "ae", [("seq5", 5, "sequential", 1), ("vmap5", 5, "vmap", 1)]),
              "data4": (4, {"PJRT_NPROC": "8"}, "dcgan", [("data2", 2, "sequential", 2)])}
 
 
@@ -128,11 +127,11 @@ def worker_devices(scenario, out_path):
     if dp > 1:
       info[name]["batch_shapes"] = _batch_shapes(runner, t)
       info[name]["risk"] = parallel.cpu_collective_deadlock_risk(runner.mesh)
-    if name == "seq3":   # the same program again, with ticket 1 blown up
-      states, tree, keys = tickets(fam_name, 3)
+    if name == "seq5":   # the same program again, with ticket 1 blown up
+      states, tree, keys = tickets(fam_name, t)
       bad = states[1]._replace(params=jax.tree.map(lambda x: x * np.nan, states[1].params))
       try:
-        runner.train([states[0], bad, states[2]], tree, images(), keys, until_step=1)
+        runner.train([states[0], bad, *states[2:]], tree, images(), keys, until_step=1)
       except steps.DivergenceError as e:
         info[name]["divergence"] = str(e)
   for i, alone in enumerate(run_alone(family(fam_name), max(t for _, t, _, _ in cases))):
@@ -379,19 +378,18 @@ def test_tune_measures_every_execution_and_keeps_the_fastest(monkeypatch):
 
 # ------------------------------------------------------------- tests on the workers' results
 def test_sequential_tickets_are_bit_identical_to_each_alone(runs):
-  # 3 tickets padded to 4: blocks of 2 on 2 devices, of 1 on 4 devices.
-  for name in ("tickets2", "tickets4"):
-    run = runs[name]
-    info = run["info"]["seq3"]
-    assert info["returned"] == 3 and info["owners"] == [0, 0, 0]
-    assert info["divergence"] == "ticket(s) [1] diverged: NaN/Inf loss or params after step 1"
-    for i in range(3):
-      np.testing.assert_array_equal(run[f"seq3/{i}"], run[f"alone/{i}"], f"{name}, ticket {i}")
+  # 5 tickets padded to 8: blocks of 2 on 4 devices, the last block all padding.
+  run = runs["tickets4"]
+  info = run["info"]["seq5"]
+  assert info["returned"] == 5 and info["owners"] == [0] * 5
+  assert info["divergence"] == "ticket(s) [1] diverged: NaN/Inf loss or params after step 1"
+  for i in range(5):
+    np.testing.assert_array_equal(run[f"seq5/{i}"], run[f"alone/{i}"], f"ticket {i}")
 
 
 def test_vmapped_tickets_match_each_alone(runs):
-  for i in range(3):
-    np.testing.assert_allclose(runs["tickets2"][f"vmap3/{i}"], runs["tickets2"][f"alone/{i}"],
+  for i in range(5):
+    np.testing.assert_allclose(runs["tickets4"][f"vmap5/{i}"], runs["tickets4"][f"alone/{i}"],
                                rtol=1e-4, atol=1e-5)
 
 
