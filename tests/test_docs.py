@@ -9,6 +9,7 @@ import re
 import ml_collections
 
 from lth_jax import configs
+from lth_jax import families
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -52,6 +53,32 @@ def test_config_reference_lists_no_unknown_field():
   removed fields must leave the page too)."""
   stale = sorted(_documented_fields() - _config_fields())
   assert not stale, f"docs/config_reference.md documents fields no config has: {stale}"
+
+
+def test_family_defaults_in_config_reference_match_the_registry():
+  """Every ``field=value`` span given as a family's default in config_reference.md is the
+  family's default config value: the second cell of a family row (``| WGAN (`wgan`) | ...
+  `train.steps=4000` ... |``) and a family bullet up to its ```paper`:`` (``* `resnet_vae`: ...``).
+  """
+  text = (DOCS / "config_reference.md").read_text(encoding="utf-8")
+  rows = re.findall(r"^\|[^|`]*\(`(\w+)`\)\s*\|([^|]*)\|", text, re.MULTILINE)
+  bullets = re.findall(r"^\* `(\w+)`: ((?:.|\n(?! *\n|\* ))*?)(?:`paper`:|\n *\n|\n\* )", text,
+                       re.MULTILINE)
+  assert {"wgan", "resnet_vae"} <= {family for family, _ in rows + bullets}
+  checked = 0
+  for family, cells in rows + bullets:
+    if family not in families.names():
+      continue
+    config = configs.get_config(family, "fashion_mnist")
+    for field, value in re.findall(r"`([a-z_]+\.[\w.]+)=([^`]+)`", cells):
+      node = config
+      for part in field.split("."):
+        node = node[part]
+      want = ast.literal_eval(value)
+      got = tuple(node) if isinstance(node, (list, tuple)) else node
+      assert got == want, f"docs/config_reference.md, {family}: {field}={value}, config: {node!r}"
+      checked += 1
+  assert checked > 20                                         # the rows were found
 
 
 # ------------------------------------------------------------------------ troubleshooting

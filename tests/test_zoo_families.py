@@ -139,10 +139,11 @@ def test_wgan_critic_respects_its_clip(searches):
   _, _, state = searches["wgan"]
   for leaf in jax.tree.leaves(state.params["discriminator"]):
     assert np.max(np.abs(np.asarray(leaf))) <= 0.01
-  # BatchNorm scales start near 1: clipped to 0.01 by the first step, moved by < 1e-3 since.
+  # BatchNorm scales start near 1: clipped to 0.01 by the first step, and a few RMSprop updates
+  # at lr 2e-4 (each < 2e-3) since leave them near it, some exactly at the clip.
   scales = [np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
             if path[-1].key == "scale" and path[0].key == "discriminator"]
-  assert scales and all(np.all(s > 0.009) for s in scales)
+  assert scales and all(np.all(s > 0.005) and np.any(s == np.float32(0.01)) for s in scales)
 
 
 def test_two_steps_in_one_call_equal_two_calls():
