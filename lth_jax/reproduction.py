@@ -159,8 +159,8 @@ def _claim4(scale):
 
 def _claim5(scale):
   jobs = []
-  for direction, (source, _) in configs.TRANSFER_DIRECTIONS.items():
-    if source not in claim_families(5):
+  for direction, (source, target) in configs.TRANSFER_DIRECTIONS.items():
+    if source not in claim_families(5) or target not in claim_families(5):
       continue
     config = base_config(source, scale)
     config.lottery.levels = scaled_levels(SCALE_SETTINGS[scale]["transfer_levels"], scale)

@@ -1,4 +1,4 @@
-"""Ticket transfer between families that share layers (DCGAN and β-VAE; the ResNet pair).
+"""Ticket transfer between families that share layers (DCGAN or WGAN and β-VAE; the ResNet pair).
 
 A family names its transfer partners in its registered spec (``families.Spec.transfers``:
 ``transfer.direction`` -> target family, the always-mapped layers and those
@@ -19,9 +19,10 @@ shapes from a different ``width``, ``z_dim``, image size or channel count) raise
 
 ``run(config, workdir)`` is the paper's transfer experiment. ``config`` is the *source* family's
 config with ``transfer.direction`` (a key of ``configs.TRANSFER_DIRECTIONS``: 'vae_to_gan' |
-'gan_to_vae' for the β-VAE and DCGAN, 'resnet_vae_to_gan' | 'resnet_gan_to_vae' for the ResNet
-pair); the target family's config is derived from it (:func:`derive_configs`), at the source's
-width and z_dim. It
+'gan_to_vae' for the β-VAE and DCGAN, 'vae_to_wgan' | 'wgan_to_vae' for the β-VAE and the WGAN,
+'resnet_vae_to_gan' | 'resnet_gan_to_vae' for the ResNet pair); the target family's config is
+derived from it (:func:`derive_configs`), at the source's width and z_dim, with the target's own
+loss and optimizer. It
 
 1. runs (or resumes) the source's IMP search, branch ``ticket`` only, in ``workdir/source/``;
 2. runs (or resumes) the target's own IMP search with the config's baselines in
@@ -287,10 +288,13 @@ def derive_configs(config: ml_collections.ConfigDict
   """The source and target lottery configs of a transfer run of the source config ``config``.
 
   Both keep ``config``'s data, model (width, z_dim: the decoder must be exactly the generator),
-  train schedule, loss, eval, lottery and tickets sections. The target takes its family's default
-  optimizer (``configs.get_config``). The source searches branch 'ticket' only. Both ``prune``
-  sections are rewritten to prune exactly the corresponding layers: the transferred parts'
-  kernels prunable under ``config.prune`` *and* under the target family's default ``prune``.
+  train schedule, eval, lottery and tickets sections. The target trains with its own family's
+  recipe at its default preset (``configs.get_config``): its ``loss`` section, optimizer,
+  ``train.n_critic`` and ``train.clip`` (a VAE -> WGAN target gets the Wasserstein loss, 5
+  critic steps, clipping and RMSprop; a WGAN -> VAE target none of them). The source searches
+  branch 'ticket' only. Both ``prune`` sections are rewritten to prune exactly the corresponding
+  layers: the transferred parts' kernels prunable under ``config.prune`` *and* under the target
+  family's default ``prune``.
 
   Raises:
     ValueError: a bad ``transfer`` section, or no layer is prunable on both sides.
@@ -302,7 +306,9 @@ def derive_configs(config: ml_collections.ConfigDict
   target = configs.for_binary(config, "find_tickets")
   target.family = spec.target_family
   defaults = configs.get_config(spec.target_family, config.data.name)
-  target.train.optimizer = defaults.train.optimizer.to_dict()
+  target.loss = defaults.loss.to_dict()
+  target.train.update(optimizer=defaults.train.optimizer.to_dict(),
+                      n_critic=defaults.train.n_critic, clip=defaults.train.clip)
   src_family = runs.family_from_config(source)
   tgt_family = runs.family_from_config(target)
   src_shape = jax.eval_shape(src_family.init, jax.random.key(0)).params

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import branches, configs, masks, report, steps, transfer
+from lth_jax import branches, configs, families, masks, report, steps, transfer, validation
 from tests.conftest import checkpoint_saved, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,6 +174,40 @@ def test_derived_configs_prune_corresponding_layers():
   source, target = transfer.derive_configs(gan_config)
   assert target.family == "vae" and target.model.z_dim == gan_config.model.z_dim
   assert dict(target.prune.parts) == {"encoder": False, "decoder": True}
+
+
+def test_vae_and_wgan_transfer_both_ways_each_target_with_its_own_recipe():
+  """The WGAN's networks are the DCGAN's: the registered maps carry a ticket VAE -> WGAN -> VAE
+  on the layers both prune, and each derived target trains with its own loss and optimizer."""
+  to_wgan = families.get("vae").transfers["vae_to_wgan"]
+  to_vae = families.get("wgan").transfers["wgan_to_vae"]
+  both = lambda t: {**t.name_map, **t.extra}
+  vae_dense = own_masks("vae", shapes("vae"))
+  wgan_dense = own_masks("wgan", shapes("wgan"), ("generator/convt0", "discriminator/head"))
+  ticket = random_masks(5, vae_dense)
+  wgan = transfer.map_masks(ticket, wgan_dense, both(to_wgan))
+  assert leaves(wgan)["generator/convt0/kernel"] is None
+  np.testing.assert_array_equal(leaves(wgan)["discriminator/body/conv1/kernel"],
+                                leaves(ticket)["encoder/body/conv1/kernel"])
+  back = leaves(transfer.map_masks(wgan, vae_dense, both(to_vae)))
+  for path, m in leaves(ticket).items():
+    if m is not None and path not in ("decoder/convt0/kernel", "encoder/head/kernel"):
+      np.testing.assert_array_equal(back[path], m, err_msg=path)
+
+  config = configs.get_config("vae", "fashion_mnist", "smoke")
+  config.transfer.direction = "vae_to_wgan"
+  _, target = transfer.derive_configs(config)
+  wgan_defaults = configs.get_config("wgan")
+  assert target.family == "wgan" and target.loss.kind == "wasserstein"
+  assert (target.train.n_critic, target.train.clip) == (5, 0.01)
+  assert target.train.optimizer.to_dict() == wgan_defaults.train.optimizer.to_dict()
+  assert target.train.steps == config.train.steps             # the source's schedule
+  validation.check(target, "find_tickets")
+  source, target = transfer.derive_configs(configs.get_config("wgan", "fashion_mnist", "smoke"))
+  assert (source.family, target.family) == ("wgan", "vae")
+  assert (target.loss.kind, target.train.n_critic, target.train.clip) == ("bce", 1, 0.0)
+  assert target.train.optimizer.to_dict() == configs.get_config("vae").train.optimizer.to_dict()
+  validation.check(target, "find_tickets")                    # no GAN field left on the VAE
 
 
 @pytest.mark.parametrize("family_name,field,value,message", [
