@@ -1,7 +1,7 @@
 """Many tickets at once: sharded and stacked tickets equal each ticket trained alone.
 
 XLA_FLAGS must be set before JAX starts, so the multi-device cases run this file as a worker in
-subprocesses (``python tests/test_parallel.py <scenario> ...``) with 2 or 4 forced host devices;
+subprocesses (``python tests/test_parallel.py <scenario> ...``) with 4 forced host devices;
 the multi-process case starts two workers joined by ``jax.distributed`` on 127.0.0.1, and its
 lottery search is compared with a one-process search in a worker of the same flags. Workers
 save each ticket's final state as one flat vector, next to the same tickets trained alone with
