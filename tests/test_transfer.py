@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import branches, configs, families, masks, report, steps, transfer, validation
+from lth_jax import branches, configs, masks, report, steps, transfer, validation
 from tests.conftest import checkpoint_saved, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,17 +179,19 @@ def test_derived_configs_prune_corresponding_layers():
 def test_vae_and_wgan_transfer_both_ways_each_target_with_its_own_recipe():
   """The WGAN's networks are the DCGAN's: the registered maps carry a ticket VAE -> WGAN -> VAE
   on the layers both prune, and each derived target trains with its own loss and optimizer."""
-  to_wgan = families.get("vae").transfers["vae_to_wgan"]
-  to_vae = families.get("wgan").transfers["wgan_to_vae"]
-  both = lambda t: {**t.name_map, **t.extra}
+  def name_map(family_name, direction):   # the registered map, discriminator/encoder included
+    config = configs.get_config(family_name)
+    config.transfer.update(direction=direction, with_discriminator=True)
+    return transfer.spec_from_config(config).name_map
+
   vae_dense = own_masks("vae", shapes("vae"))
   wgan_dense = own_masks("wgan", shapes("wgan"), ("generator/convt0", "discriminator/head"))
   ticket = random_masks(5, vae_dense)
-  wgan = transfer.map_masks(ticket, wgan_dense, both(to_wgan))
+  wgan = transfer.map_masks(ticket, wgan_dense, name_map("vae", "vae_to_wgan"))
   assert leaves(wgan)["generator/convt0/kernel"] is None
   np.testing.assert_array_equal(leaves(wgan)["discriminator/body/conv1/kernel"],
                                 leaves(ticket)["encoder/body/conv1/kernel"])
-  back = leaves(transfer.map_masks(wgan, vae_dense, both(to_vae)))
+  back = leaves(transfer.map_masks(wgan, vae_dense, name_map("wgan", "wgan_to_vae")))
   for path, m in leaves(ticket).items():
     if m is not None and path not in ("decoder/convt0/kernel", "encoder/head/kernel"):
       np.testing.assert_array_equal(back[path], m, err_msg=path)
