@@ -26,14 +26,17 @@ transpose_kernel=True)`` with flax kernel ``K.swapaxes(2, 3)`` (shape ``(k, k, o
 equals the same flax layer with ``transpose_kernel=False`` and flax kernel ``K[::-1, ::-1]``.
 A PyTorch weight ``W [in, out, kh, kw]`` is ``K = W.transpose(2, 3, 0, 1)``.
 
-Two formulations of every convolution (:func:`conv_formulation`, read when a function is traced):
-``'xla'`` (XLA's convolutions; the default) and ``'patches'``: the input's patches
-(``lax.conv_general_dilated_patches``, exact: precision HIGHEST) times the kernel as one matrix
-product. Vmapped over tickets with per-ticket kernels, XLA's convolution becomes a grouped one
-(slow on CPU and GPU, see BENCHMARKS.md), while the patches formulation becomes one batched
-matrix product per layer, whatever the number of tickets. DCGAN-family convolutions pass
-:func:`conv_general_dilated` to flax's ``nn.Conv`` and the transposed ones use
-:func:`conv_transpose`; both follow the formulation.
+Two formulations of every convolution (:func:`conv_formulation`, read when a function is
+traced): ``'xla'`` (XLA's convolutions, the transposed one with the derivative rule above; the
+default) and ``'patches'``: matrix products and data movement only. A convolution is the input's
+patches (strided slices of the padded input) times the kernel; a transposed convolution is the
+input times the kernel (every tap's contribution), each tap's plane then added at its strided
+place. Their gradients are again matrix products, slices and pads. Vmapped over tickets with
+per-ticket kernels, XLA's convolution becomes a grouped one (slow on CPU and GPU, see
+BENCHMARKS.md), while the patches formulation becomes one batched matrix product per layer,
+whatever the number of tickets. DCGAN-family convolutions pass :func:`conv_general_dilated` to
+flax's ``nn.Conv`` and the transposed ones use :func:`conv_transpose`; both follow the
+formulation.
 
 Example::
 
@@ -67,7 +70,7 @@ _FORMULATION = contextvars.ContextVar("lth_jax_conv_formulation", default="xla")
 
 @contextlib.contextmanager
 def conv_formulation(name: str) -> Iterator[None]:
-  """Convolutions traced inside the block use formulation ``name`` ('xla' or 'patches').
+  """Convolutions traced inside the block use formulation ``name`` (one of :data:`FORMULATIONS`).
 
   The choice is made when a function is traced: jit the function inside the block, or call the
   block inside the function being traced (as :class:`lth_jax.parallel.TicketRunner` does).
@@ -81,32 +84,61 @@ def conv_formulation(name: str) -> Iterator[None]:
     _FORMULATION.reset(token)
 
 
-def _patches_matmul(x, kernel, strides, padding, lhs_dilation, precision):
-  """NHWC ``x`` * HWIO ``kernel`` as patches ``[B, H', W', C*kh*kw]`` times ``[C*kh*kw, O]``."""
-  patches = lax.conv_general_dilated_patches(
-      x, kernel.shape[:2], strides, padding, lhs_dilation=lhs_dilation,
-      dimension_numbers=_NHWC, precision=lax.Precision.HIGHEST)   # a copy: must not round
-  flat = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, kernel.shape[3])  # patches: (C, kh, kw)
-  return jnp.einsum("bhwk,ko->bhwo", patches, flat.astype(patches.dtype), precision=precision)
+def _im2col(x, kernel_hw, strides, padding):
+  """NHWC ``x`` -> patches ``[B, H', W', kh*kw*C]`` (order kh, kw, C: HWIO's), as strided slices
+  of the padded input (exact; their gradient is pads and adds, no convolution)."""
+  (kh, kw), (sh, sw) = kernel_hw, strides
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0),
+                                           (0, 0, 0)))
+  b, h, w, c = xp.shape
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  cols = [lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(cols, axis=-1)
+
+
+def _patches_conv(x, kernel, strides, padding, precision):
+  """NHWC ``x`` * HWIO ``kernel``: patches ``[B, H', W', kh*kw*C]`` times ``[kh*kw*C, O]``."""
+  patches = _im2col(x, kernel.shape[:2], strides, padding)
+  flat = kernel.reshape(-1, kernel.shape[3]).astype(patches.dtype)
+  return jnp.einsum("bhwk,ko->bhwo", patches, flat, precision=precision)
+
+
+def _patches_conv_transpose(x, kernel, strides, padding, precision):
+  """The transposed convolution as ``x`` times the kernel (one matrix product to every tap's
+  contribution ``[B, H, W, kh, kw, O]``), then each tap's plane added at its strided place."""
+  b, h, w, _ = x.shape
+  kh, kw, c_in, c_out = kernel.shape
+  (sh, sw), (ph, pw) = strides, padding
+  taps = jnp.einsum("bhwi,iq->bhwq", x, kernel.transpose(2, 0, 1, 3).reshape(c_in, -1),
+                    precision=precision).reshape(b, h, w, kh, kw, c_out)
+  hf, wf = (h - 1) * sh + kh, (w - 1) * sw + kw
+  zero = jnp.zeros((), taps.dtype)
+  full = sum(lax.pad(taps[:, :, :, i, j], zero,
+                     ((0, 0, 0), (i, hf - i - (h - 1) * sh - 1, sh - 1),
+                      (j, wf - j - (w - 1) * sw - 1, sw - 1), (0, 0, 0)))
+             for i in range(kh) for j in range(kw))
+  return full[:, ph:hf - ph, pw:wf - pw]
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
                          **kwargs) -> jax.Array:
   """``lax.conv_general_dilated`` in the current :func:`conv_formulation` (flax's ``nn.Conv``
-  hook). 'patches' covers 2-D NHWC/HWIO convolutions without groups or kernel dilation, the
+  hook). 'patches' covers 2-D NHWC/HWIO convolutions without groups or dilation, the
   layers of the DCGAN-style models; anything else runs XLA's convolution."""
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   simple = (dims == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
             and feature_group_count == 1 and not kwargs and lhs.ndim == 4
-            and all(d == 1 for d in (rhs_dilation or (1, 1))))
-  if _FORMULATION.get() == "xla" or not simple:
+            and all(d == 1 for d in (rhs_dilation or (1, 1)))
+            and all(d == 1 for d in (lhs_dilation or (1, 1))))
+  if _FORMULATION.get() != "patches" or not simple:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  return _patches_matmul(lhs, rhs, window_strides, padding, lhs_dilation, precision)
+  return _patches_conv(lhs, rhs, window_strides, padding, precision)
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -207,8 +239,7 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int]
     return jnp.einsum("bc,hwco->bhwo", x[:, 0, 0], kernel[ph:kh - ph, pw:kw - pw],
                       precision=precision)
   if _FORMULATION.get() == "patches":
-    pads = [(k - 1 - p, k - 1 - p) for k, p in zip(kernel.shape[:2], padding)]
-    return _patches_matmul(x, kernel[::-1, ::-1], (1, 1), pads, strides, precision)
+    return _patches_conv_transpose(x, kernel, strides, padding, precision)
   return _conv_transpose(x, kernel, strides, padding, precision)
 
 

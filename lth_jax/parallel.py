@@ -13,9 +13,10 @@ one of three executions:
   matrix product.
 
 Which is fastest depends on the backend and the model; ``execution='auto'`` is 'sequential' on
-CPU (measured, BENCHMARKS.md) and ``'tune'`` on GPU/TPU: the runner times each execution on the
-group's first call and keeps the fastest (:func:`resolve_execution`). T not divisible by the ``ticket`` axis size is padded
-with copies of the last ticket, whose results are dropped.
+CPU and GPU (measured, BENCHMARKS.md) and ``'tune'`` on TPU (not measured): the runner times
+each execution on the group's first call and keeps the fastest (:func:`resolve_execution`).
+T not divisible by the ``ticket`` axis size is padded with copies of the last ticket, whose
+results are dropped.
 
 The host never waits for a call before dispatching the next: each call's metrics are fetched
 after the next call has been dispatched (one call behind), and a divergence is reported then;
@@ -80,17 +81,17 @@ CANDIDATES = ("sequential", "vmap", "batched")     # what 'tune' chooses from
 def resolve_execution(execution: str, platform: str | None = None) -> str:
   """The execution of ``execution`` on ``platform`` (default: JAX's backend).
 
-  'auto' is 'sequential' on CPU: measured here (benchmarks/accelerator.py, BENCHMARKS.md),
-  vmapped DCGAN tickets cost more than the same tickets one after another (2.3x with grouped
-  convolutions, ~20x as patches times kernels). On GPU/TPU it is 'tune': which one wins there
-  depends on the model's sizes and the chip (on an H200, 'vmap' was slower than 'sequential'
-  and 'sequential' scaled linearly in T; 'batched' was written for it), so the runner measures.
+  'auto' is 'sequential' on CPU and GPU, measured (benchmarks/accelerator.py, BENCHMARKS.md):
+  on 2 CPU cores vmapped DCGAN tickets cost 2.3x the same tickets one after another, as
+  patches ~20x; on an H200 (width 64, T = 1..16) 'vmap' reached 0.36-0.78x and 'batched'
+  0.63-1.01x of the tickets/hour of one at a time, 'sequential' 0.94-1.05x. On TPU, where nothing
+  was measured, it is 'tune' (the runner measures).
   """
   if execution not in EXECUTIONS:
     raise ValueError(f"unknown tickets.execution {execution!r}; expected one of {EXECUTIONS}")
   if execution != "auto":
     return execution
-  return "sequential" if (platform or jax.default_backend()) == "cpu" else "tune"
+  return "sequential" if (platform or jax.default_backend()) in ("cpu", "gpu") else "tune"
 
 
 def make_mesh(*, data_parallel: int = 1, devices: Sequence[jax.Device] | None = None
@@ -200,6 +201,8 @@ class TicketRunner:
     steps_per_call: steps fused into one call.
     loop: how a call's steps run: 'unrolled' | 'rolled' | 'auto' (per backend,
       :func:`lth_jax.steps.resolve_loop`).
+    formulation: the convolutions of 'sequential' and 'vmap' (:data:`lth_jax.layers.FORMULATIONS`;
+      'batched' is 'vmap' with 'patches').
 
   Raises:
     ValueError: the mesh's axes are not ``('ticket', 'data')``, the family's batch size is
@@ -208,7 +211,8 @@ class TicketRunner:
   """
 
   def __init__(self, family: steps_lib.Family, *, mesh: jax.sharding.Mesh,
-               execution: str = "auto", steps_per_call: int = 1, loop: str = "auto"):
+               execution: str = "auto", steps_per_call: int = 1, loop: str = "auto",
+               formulation: str = "xla"):
     if tuple(mesh.axis_names) != AXES:
       raise ValueError(f"TicketRunner needs a mesh with axes {AXES}, got {mesh.axis_names}")
     if family.batch_size % mesh.shape["data"]:
@@ -220,6 +224,10 @@ class TicketRunner:
     self.tuned: dict[int, dict] = {}     # tickets -> {'choice': ..., execution: s per step}
     self.steps_per_call = steps_per_call
     self.loop = steps_lib.resolve_loop(loop, mesh.devices.flat[0].platform)
+    if formulation not in layers.FORMULATIONS:
+      raise ValueError(f"unknown convolution formulation {formulation!r}; expected one of "
+                       f"{layers.FORMULATIONS}")
+    self.formulation = formulation
     self.multiprocess = len({d.process_index for d in mesh.devices.flat}) > 1
     self._fns: dict = {}
     risk = cpu_collective_deadlock_risk(mesh)
@@ -274,13 +282,13 @@ class TicketRunner:
     key = (n, block, str(impl), execution)
     if key in self._fns:
       return self._fns[key]
-    one = steps_lib.multi_step(self.family, n, self.loop)
+    one = steps_lib.multi_step(self.family, n, self.loop,
+                               "patches" if execution == "batched" else self.formulation)
 
     def block_fn(states, masks, images, key_data):
       keys = jax.random.wrap_key_data(key_data, impl=impl)
       if execution in ("vmap", "batched"):
-        with layers.conv_formulation("patches" if execution == "batched" else "xla"):
-          states, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(states, masks, images, keys)
+        states, metrics = jax.vmap(one, in_axes=(0, 0, None, 0))(states, masks, images, keys)
       else:
         # Barriers around each ticket keep slicing and stacking out of its fusions: XLA then
         # compiles each ticket exactly as a single-ticket program (bit-identical results; a
@@ -444,7 +452,8 @@ class TicketRunner:
 
     def call(n, carry):
       if (n, "single") not in self._fns:
-        self._fns[(n, "single")] = steps_lib.jit_multi_step(self.family, n, self.loop)
+        self._fns[(n, "single")] = steps_lib.jit_multi_step(self.family, n, self.loop,
+                                                            self.formulation)
       outs = [self._fns[(n, "single")](s, m, images, k)
               for s, m, k in zip(carry, masks, run_keys)]
       return [o[0] for o in outs], [o[1] for o in outs]

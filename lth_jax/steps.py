@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lth_jax import layers
 from lth_jax import masks as masks_lib
 from lth_jax import optim
 from lth_jax.models import layout
@@ -201,7 +202,8 @@ def resolve_loop(loop: str, platform: str | None = None) -> str:
   return "unrolled" if (platform or jax.default_backend()) == "cpu" else "rolled"
 
 
-def multi_step(family: Family, steps_per_call: int, loop: str = "unrolled") -> Callable:
+def multi_step(family: Family, steps_per_call: int, loop: str = "unrolled",
+               formulation: str | None = None) -> Callable:
   """``steps_per_call`` train steps in one (unjitted) function.
 
   Args:
@@ -210,6 +212,8 @@ def multi_step(family: Family, steps_per_call: int, loop: str = "unrolled") -> C
       ``lax.scan`` over the steps: the program's size does not grow with ``steps_per_call``); see
       :func:`resolve_loop` for which is fast where. Step i uses the key ``fold_in(run_key, step)``
       in both, so both train on the same batches.
+    formulation: the convolutions' :func:`lth_jax.layers.conv_formulation` while the steps are
+      traced (None: the caller's).
 
   Returns:
     ``f(state, masks, images, run_key) -> (state, metrics)``; metrics are averaged over the steps
@@ -224,6 +228,12 @@ def multi_step(family: Family, steps_per_call: int, loop: str = "unrolled") -> C
     return family.train_step(state, masks, images, jax.random.fold_in(run_key, state.step))
 
   def run(state, masks, images, run_key):
+    if formulation is not None:
+      with layers.conv_formulation(formulation):
+        return run_steps(state, masks, images, run_key)
+    return run_steps(state, masks, images, run_key)
+
+  def run_steps(state, masks, images, run_key):
     if loop == "rolled":
       state, history = jax.lax.scan(lambda s, _: step(s, masks, images, run_key), state,
                                     length=steps_per_call)
@@ -242,9 +252,10 @@ def multi_step(family: Family, steps_per_call: int, loop: str = "unrolled") -> C
   return run
 
 
-def jit_multi_step(family: Family, steps_per_call: int, loop: str = "unrolled") -> Callable:
+def jit_multi_step(family: Family, steps_per_call: int, loop: str = "unrolled",
+                   formulation: str | None = None) -> Callable:
   """:func:`multi_step`, jitted with the state donated."""
-  return jax.jit(multi_step(family, steps_per_call, loop), donate_argnums=0)
+  return jax.jit(multi_step(family, steps_per_call, loop, formulation), donate_argnums=0)
 
 
 def dense_masks(family: Family, params: PyTree, prune: dict[str, bool],

@@ -333,7 +333,7 @@ def test_cpu_collective_deadlock_risk():
 
 
 @pytest.mark.parametrize("execution,platform,expected", [
-    ("auto", "cpu", "sequential"), ("auto", "gpu", "tune"), ("auto", "tpu", "tune"),
+    ("auto", "cpu", "sequential"), ("auto", "gpu", "sequential"), ("auto", "tpu", "tune"),
     ("vmap", "cpu", "vmap"), ("sequential", "tpu", "sequential")])
 def test_resolve_execution(execution, platform, expected):
   assert parallel.resolve_execution(execution, platform) == expected
@@ -356,8 +356,29 @@ def test_batched_rolled_tickets_match_each_alone_and_report_every_call():
     np.testing.assert_allclose(flat(out[i]), alone, rtol=1e-4, atol=1e-5)
 
 
+def test_sequential_tickets_in_the_patches_formulation():
+  """``formulation='patches'`` reaches the one-device sequential path: each ticket equals
+  ``jit_multi_step(..., formulation='patches')`` alone exactly, and XLA's convolutions within
+  float tolerance (other summation orders)."""
+  fam = family("ae")
+  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+                                 execution="sequential", formulation="patches")
+  states, tree, keys = tickets(fam.name, 2)
+  out = runner.train(states, tree, images(), keys, until_step=2)
+  step_fn = steps.jit_multi_step(fam, 1, formulation="patches")
+  for i, (state, alone) in enumerate(zip(states, run_alone(fam, 2, until=2))):
+    state = jax.tree.map(jnp.copy, state)
+    for _ in range(2):
+      state, _ = step_fn(state, tree[i], images(), keys[i])
+    np.testing.assert_array_equal(flat(out[i]), flat(state))
+    np.testing.assert_allclose(flat(out[i]), alone, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown convolution formulation 'fft'"):
+    parallel.TicketRunner(fam, mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+                          formulation="fft")
+
+
 def test_tune_measures_every_execution_and_keeps_the_fastest(monkeypatch):
-  """'tune' (the GPU/TPU default) times the candidates once per group size; the group's results
+  """'tune' (the TPU default) times the candidates once per group size; the group's results
   are those of the chosen execution (the timing calls are thrown away). The candidates here are
   the two that compile fast on XLA CPU ('batched' has its own test above)."""
   monkeypatch.setattr(parallel, "CANDIDATES", ("sequential", "vmap"))
