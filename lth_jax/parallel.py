@@ -447,7 +447,7 @@ class TicketRunner:
     # Committing every input to the device keeps one compilation for fresh and restored arrays.
     device = self.mesh.devices.flat[0]
     put = lambda tree: jax.device_put(tree, device)
-    states = [put(jax.tree.map(jnp.copy, s)) for s in states]
+    states = [put(_copy_tree(s)) for s in states]
     masks, images, run_keys = put(list(masks)), put(images), put(list(run_keys))
 
     def call(n, carry):
@@ -462,6 +462,13 @@ class TicketRunner:
       return [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
 
     return call, fetch, states
+
+
+@jax.jit
+def _copy_tree(tree: PyTree) -> PyTree:
+  """A copy of every leaf in one compiled program (per-leaf ``jnp.copy`` compiles one program per
+  leaf shape, each a compilation on a GPU)."""
+  return jax.tree.map(jnp.copy, tree)
 
 
 def chunk_sizes(step: int, until_step: int, steps_per_call: int, boundary_every: int = 0):
