@@ -17,6 +17,11 @@ in one process, after warm-up (compilation and one call), medians of ``--repeats
 2. **Fused steps.** One ticket, ``steps.jit_multi_step`` with n steps per call, unrolled and
    rolled (``lax.scan``), in each of ``--formulations``: steps/s over n = 1 ('xla').
 3. **Mixed precision.** One ticket, ``train.precision`` 'bf16' vs 'fp32' (steps/s ratio).
+5. **Where a stacked step's time goes.** The parts of one train step (``Family`` functions, no
+   DCGAN internals): a batch draw, G's eval forward, the gradient of ``score_loss`` (G and D
+   forward and backward), the masked optimizer update, and the whole ``train_step``, each
+   jitted for one ticket and vmapped over ``--layer_tickets`` in each formulation. A part whose
+   T-ticket time is near T times one ticket's is the one that does not batch.
 4. **PyTorch eager** (the authors' style: ``param.data.mul_(mask)`` after each step), the same
    model and initial weights on the same device, if torch is installed (``.[bench]``; the GPU
    image has it): lth_jax's fastest one-ticket setting over torch's step time.
@@ -45,6 +50,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # noqa: E402  (the shared DCGAN setup and the PyTorch model)
 
+from lth_jax import data as data_lib  # noqa: E402
 from lth_jax import layers  # noqa: E402
 from lth_jax import masks as masks_lib  # noqa: E402
 from lth_jax import parallel, pruning, steps  # noqa: E402
@@ -139,6 +145,53 @@ def time_layers(width, formulations, t, repeats, calls=20):
           + f" | {best_t / (t * best_one):.2f}x |", flush=True)
 
 
+def step_parts(fam: steps.Family, images) -> dict:
+  """``{part name: f(state, masks, key)}``: the pieces of one train step (see section 5)."""
+  def optimizer(state, masks, key):
+    del key
+    return {part: steps.masked_update(fam.optimizers[part], state.params[part],
+                                      state.opt_state[part], state.params[part], masks[part])
+            for part in fam.parts}
+  batch = lambda key: data_lib.sample_batch(key, images, fam.batch_size)
+  return {
+      "batch draw": lambda state, masks, key: batch(key),
+      "G forward (eval)": lambda state, masks, key: fam.generate(
+          state.params, state.batch_stats, key, fam.batch_size),
+      "score_loss gradient": lambda state, masks, key: jax.grad(fam.score_loss)(
+          state.params, state.batch_stats, batch(key), key),
+      "masked optimizer update": optimizer,
+      "train_step": lambda state, masks, key: fam.train_step(state, masks, images, key),
+  }
+
+
+def time_step_parts(fam, states, masks, keys, images, formulations, t, repeats, calls=10):
+  """Prints, per part of a train step, ms for 1 and t vmapped tickets in each formulation."""
+  print(f"| part | " + " | ".join(f"{f} T=1 | {f} T={t} | {f} ratio" for f in formulations)
+        + " |")
+  print("|---|" + "---:|" * (3 * len(formulations)))
+  one = (states[0], masks[0], keys[0])
+  stacked = tuple(parallel.stack(x[:t]) for x in (states, masks, keys))
+  for name, fn in step_parts(fam, images).items():
+    cells = []
+    for formulation in formulations:
+      def traced(*args, fn=fn, formulation=formulation):
+        with layers.conv_formulation(formulation):
+          return fn(*args)
+      row = []
+      for jitted, args in ((jax.jit(traced), one), (jax.jit(jax.vmap(traced)), stacked)):
+        jax.block_until_ready(jitted(*args))
+        times = []
+        for _ in range(repeats):
+          start = time.perf_counter()
+          for _ in range(calls):
+            out = jitted(*args)
+          jax.block_until_ready(out)
+          times.append((time.perf_counter() - start) / calls)
+        row.append(statistics.median(times))
+      cells.append(f"{1e3 * row[0]:.3f} | {1e3 * row[1]:.3f} | {row[1] / (t * row[0]):.2f}x")
+    print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 def time_runner(runner, states, masks, images, keys, steps_per_timing, repeats):
   """(median seconds per group step, seconds of the warm-up call incl. compilation)."""
   start = time.perf_counter()
@@ -187,7 +240,8 @@ def main(argv=None) -> None:
   parser.add_argument("--max_unrolled", type=int, default=10,
                       help="largest unrolled n in section 2 (its compile time grows with n)")
   parser.add_argument("--layer_tickets", type=int, default=8 if accel else 4)
-  parser.add_argument("--sections", default="0,1,2,3,4")
+  parser.add_argument("--sections", default="0,1,2,3,4,5",
+                      help="sections to run (they run in the order 0, 5, 1, 2, 3, 4)")
   parser.add_argument("--steps", type=int, default=100 if accel else 4,
                       help="steps per timing")
   parser.add_argument("--repeats", type=int, default=3)
@@ -207,7 +261,7 @@ def main(argv=None) -> None:
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (bench.N_IMAGES, bench.IMAGE, bench.IMAGE,
                                              bench.CHANNELS), np.uint8))
-  states, masks, keys = tickets(fam, max(counts))
+  states, masks, keys = tickets(fam, max(counts + [args.layer_tickets]))
   mesh = parallel.make_mesh(devices=jax.devices()[:1])
   auto = parallel.resolve_execution("auto", backend)
   loop = steps.resolve_loop("auto", backend)
@@ -215,6 +269,12 @@ def main(argv=None) -> None:
   if 0 in sections:
     print(f"\n## 0. One layer: forward + both gradients, ms (T = {args.layer_tickets} vmapped)")
     time_layers(args.width, list(layers.FORMULATIONS), args.layer_tickets, args.repeats)
+
+  if 5 in sections:
+    print(f"\n## 5. Where a stacked step's time goes (ms; ratio = T={args.layer_tickets} over "
+          f"{args.layer_tickets} x T=1)")
+    time_step_parts(fam, states, masks, keys, images, list(layers.FORMULATIONS),
+                    args.layer_tickets, args.repeats)
 
   group: dict[tuple[str, int], float] = {}
   variants = [(e, f) for e in executions
