@@ -83,7 +83,7 @@ def resolve_execution(execution: str, platform: str | None = None) -> str:
 
   'auto' is 'sequential' on CPU and GPU, measured (benchmarks/accelerator.py, BENCHMARKS.md):
   on 2 CPU cores vmapped DCGAN tickets cost 2.3x the same tickets one after another, as
-  patches ~20x; on an H200 (width 64, T = 1..16) 'vmap' reached 0.36-0.78x and 'batched'
+  patches ~2x; on an H200 (width 64, T = 1..16) 'vmap' reached 0.36-0.78x and 'batched'
   0.63-1.01x of the tickets/hour of one at a time, 'sequential' 0.94-1.05x. On TPU, where nothing
   was measured, it is 'tune' (the runner measures).
   """

@@ -13,6 +13,7 @@ step k and fusing n steps per call both reproduce the same batches.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -228,10 +229,8 @@ def multi_step(family: Family, steps_per_call: int, loop: str = "unrolled",
     return family.train_step(state, masks, images, jax.random.fold_in(run_key, state.step))
 
   def run(state, masks, images, run_key):
-    if formulation is not None:
-      with layers.conv_formulation(formulation):
-        return run_steps(state, masks, images, run_key)
-    return run_steps(state, masks, images, run_key)
+    with (layers.conv_formulation(formulation) if formulation else contextlib.nullcontext()):
+      return run_steps(state, masks, images, run_key)
 
   def run_steps(state, masks, images, run_key):
     if loop == "rolled":
