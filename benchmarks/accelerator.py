@@ -78,6 +78,20 @@ def tickets(fam: steps.Family, t: int):
   return states, masks, keys
 
 
+def seconds_per_call(fn, args, repeats, calls):
+  """Median over ``repeats`` of the mean seconds of ``calls`` calls ``fn(*args)`` (after one
+  warm-up call, which compiles)."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / calls)
+  return statistics.median(times)
+
+
 def conv_layers(width: int) -> list[tuple[str, tuple[int, ...], tuple[int, ...], bool]]:
   """``(name, input shape, kernel shape, transposed)`` of the DCGAN's stride-2 4x4 layers."""
   d = dcgan.discriminator_widths(width, bench.IMAGE)
@@ -128,16 +142,8 @@ def time_layers(width, formulations, t, repeats, calls=20):
       cotangent = jnp.asarray(rng.normal(size=lead + (x_shape[0], out_size, out_size,
                                                       k_shape[3])), jnp.float32)
       for formulation in formulations:
-        fn = layer_fn(transposed, formulation, count)
-        jax.block_until_ready(fn(x, kernel, cotangent))
-        times = []
-        for _ in range(repeats):
-          start = time.perf_counter()
-          for _ in range(calls):
-            out = fn(x, kernel, cotangent)
-          jax.block_until_ready(out)
-          times.append((time.perf_counter() - start) / calls)
-        row[formulation, count] = statistics.median(times)
+        row[formulation, count] = seconds_per_call(layer_fn(transposed, formulation, count),
+                                                   (x, kernel, cotangent), repeats, calls)
     best_one = min(row[f, 1] for f in formulations)
     best_t = min(row[f, t] for f in formulations)
     print(f"| {name} | " + " | ".join(f"{1e3 * row[f, 1]:.3f}" for f in formulations) + " | "
@@ -177,17 +183,8 @@ def time_step_parts(fam, states, masks, keys, images, formulations, t, repeats, 
       def traced(*args, fn=fn, formulation=formulation):
         with layers.conv_formulation(formulation):
           return fn(*args)
-      row = []
-      for jitted, args in ((jax.jit(traced), one), (jax.jit(jax.vmap(traced)), stacked)):
-        jax.block_until_ready(jitted(*args))
-        times = []
-        for _ in range(repeats):
-          start = time.perf_counter()
-          for _ in range(calls):
-            out = jitted(*args)
-          jax.block_until_ready(out)
-          times.append((time.perf_counter() - start) / calls)
-        row.append(statistics.median(times))
+      row = [seconds_per_call(jitted, args, repeats, calls)
+             for jitted, args in ((jax.jit(traced), one), (jax.jit(jax.vmap(traced)), stacked))]
       cells.append(f"{1e3 * row[0]:.3f} | {1e3 * row[1]:.3f} | {row[1] / (t * row[0]):.2f}x")
     print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 

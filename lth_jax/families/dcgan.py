@@ -8,6 +8,12 @@ from lth_jax.families import gan
 from lth_jax.models import dcgan
 
 
+# The DCGAN's ticket as the β-VAE's: generator -> decoder, discriminator body -> encoder body
+# (also the WGAN's, whose networks are the DCGAN's).
+TO_VAE = families.Transfer("vae", {"generator": dcgan.GAN_TO_VAE["generator"]},
+                           {"discriminator/body": dcgan.GAN_TO_VAE["discriminator/body"]})
+
+
 def build(s: families.Settings):
   widths = s.widths or {}
   generator = dcgan.Generator(width=s.width, channels=s.channels, image_size=s.image_size,
@@ -25,9 +31,7 @@ SPEC = families.register(families.Spec(
             # The paper keeps the generator's first layer and the discriminator's last dense.
             "prune.exclude": ("generator/convt0", "discriminator/head")},
     presets={"paper": {"train.batch_size": 64, "lottery.rewind_step": "10it"}},
-    transfers={"gan_to_vae": families.Transfer(
-        "vae", {"generator": dcgan.GAN_TO_VAE["generator"]},
-        {"discriminator/body": dcgan.GAN_TO_VAE["discriminator/body"]})},
+    transfers={"gan_to_vae": TO_VAE},
     reproduction=families.Reproduction(
         winning=83.2, levels={"smoke": 1, "cpu": 10, "gpu": 10},
         overrides={"cpu": {"model.width": 16, "train.steps": 4000}},

@@ -19,8 +19,8 @@ the networks are the DCGAN's, and the target trains with its own loss and optimi
 from __future__ import annotations
 
 from lth_jax import families
+from lth_jax.families import dcgan as dcgan_family
 from lth_jax.families import gan
-from lth_jax.models import dcgan
 from lth_jax.models import wgan
 
 # The DCGAN's exclusions: G's first layer and the critic's last layer stay dense.
@@ -46,9 +46,7 @@ SPEC = families.register(families.Spec(
     presets={"paper": {"model.width": wgan.PAPER_WIDTH, "train.batch_size": 64,
                        "train.optimizer.lr": 5e-5,
                        "lottery.rewind_step": "10it"}},
-    transfers={"wgan_to_vae": families.Transfer(
-        "vae", {"generator": dcgan.GAN_TO_VAE["generator"]},
-        {"discriminator/body": dcgan.GAN_TO_VAE["discriminator/body"]})},
+    transfers={"wgan_to_vae": dcgan_family.TO_VAE},
     reproduction=families.Reproduction(
         winning=73.7, levels={"smoke": 1, "cpu": 6, "gpu": 6}, seeds={"cpu": (0,)},
         claims=(1,))))
