@@ -21,7 +21,9 @@ in one process, after warm-up (compilation and one call), medians of ``--repeats
    DCGAN internals): a batch draw, G's eval forward, the gradient of ``score_loss`` (G and D
    forward and backward), the masked optimizer update, and the whole ``train_step``, each
    jitted for one ticket and vmapped over ``--layer_tickets`` in each formulation. A part whose
-   T-ticket time is near T times one ticket's is the one that does not batch.
+   T-ticket time is near T times one ticket's is the one that does not batch. Each part also
+   gives its compiled program's kernel count (``kernels``: the operations of its entry
+   computation that launch work), the same for 1 and T tickets when vmap adds no operations.
 4. **PyTorch eager** (the authors' style: ``param.data.mul_(mask)`` after each step), the same
    model and initial weights on the same device, if torch is installed (``.[bench]``; the GPU
    image has it): lth_jax's fastest one-ticket setting over torch's step time.
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -170,11 +173,24 @@ def step_parts(fam: steps.Family, images) -> dict:
   }
 
 
+_NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+
+
+def kernel_count(fn, args) -> int:
+  """Operations of ``jax.jit(fn)``'s compiled entry computation that launch work on the device
+  (fusions, library calls, copies; not parameters, constants, tuples or bitcasts)."""
+  text = fn.lower(*args).compile().as_text()
+  entry = text[text.index("\nENTRY"):].split("\n}")[0]
+  ops = re.findall(r"^\s*(?:ROOT )?\S+ = .*? ([a-z][a-z-]*)\(", entry, re.M)
+  return sum(op not in _NOT_KERNELS for op in ops)
+
+
 def time_step_parts(fam, states, masks, keys, images, formulations, t, repeats, calls=10):
-  """Prints, per part of a train step, ms for 1 and t vmapped tickets in each formulation."""
-  print(f"| part | " + " | ".join(f"{f} T=1 | {f} T={t} | {f} ratio" for f in formulations)
-        + " |")
-  print("|---|" + "---:|" * (3 * len(formulations)))
+  """Prints, per part of a train step, ms and kernels for 1 and t vmapped tickets in each
+  formulation."""
+  print(f"| part | " + " | ".join(f"{f} T=1 | {f} T={t} | {f} ratio | {f} kernels"
+                                   for f in formulations) + " |")
+  print("|---|" + "---:|" * (4 * len(formulations)))
   one = (states[0], masks[0], keys[0])
   stacked = tuple(parallel.stack(x[:t]) for x in (states, masks, keys))
   for name, fn in step_parts(fam, images).items():
@@ -183,9 +199,11 @@ def time_step_parts(fam, states, masks, keys, images, formulations, t, repeats, 
       def traced(*args, fn=fn, formulation=formulation):
         with layers.conv_formulation(formulation):
           return fn(*args)
-      row = [seconds_per_call(jitted, args, repeats, calls)
-             for jitted, args in ((jax.jit(traced), one), (jax.jit(jax.vmap(traced)), stacked))]
-      cells.append(f"{1e3 * row[0]:.3f} | {1e3 * row[1]:.3f} | {row[1] / (t * row[0]):.2f}x")
+      programs = ((jax.jit(traced), one), (jax.jit(jax.vmap(traced)), stacked))
+      row = [seconds_per_call(jitted, args, repeats, calls) for jitted, args in programs]
+      kernels = " / ".join(str(kernel_count(jitted, args)) for jitted, args in programs)
+      cells.append(f"{1e3 * row[0]:.3f} | {1e3 * row[1]:.3f} | {row[1] / (t * row[0]):.2f}x | "
+                   f"{kernels}")
     print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
