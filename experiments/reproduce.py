@@ -6,7 +6,12 @@ r"""Reproduces the paper's claims: one resumable command, one results page.
 
 Each claim's jobs (lottery searches, transfers, early-bird runs, stability) run in
 ``--workdir/<job>``; an interrupted run continues where it stopped, and finished jobs are
-skipped, so running the command again trains nothing and rewrites the page. The claims, scales
+skipped, so running the command again trains nothing and rewrites the page. Several
+processes may run the command on one workdir at once and share its jobs; on a CPU machine one
+per core trains faster than one process on every core::
+
+  taskset -c 0 python experiments/reproduce.py --scale=cpu &
+  taskset -c 1 python experiments/reproduce.py --scale=cpu The claims, scales
 and jobs are in ``lth_jax.reproduction``; the tables and verdicts in
 ``lth_jax.reproduction_report``.
 """
@@ -53,14 +58,19 @@ def main(argv) -> None:
                                "gpu": os.path.join(root, "docs", "results", "gpu"),
                                "smoke": os.path.join(workdir, "results")}[scale]
   experiment_main.maybe_initialize_distributed()
-  for job in reproduction.jobs_for(claims, scale):
+  started = []
+
+  def announce(job: reproduction.Job) -> None:
+    started.append(job.name)
     print(f"== {job.name} ({job.binary})", flush=True)
-    try:
-      reproduction.run_job(job, workdir)
-    except experiment_main.USER_ERRORS as e:
-      experiment_main.fail(f"{job.name}: {e}")
+
+  try:
+    reproduction.run_jobs(reproduction.jobs_for(claims, scale), workdir, announce=announce)
+  except experiment_main.USER_ERRORS as e:
+    experiment_main.fail(f"{started[-1]}: {e}" if started else str(e))
   command = "python experiments/reproduce.py " + " ".join(sys.argv[1:])
-  page = reproduction_report.write(workdir, results, claims, scale, command)
+  with reproduction.file_lock(os.path.join(workdir, "report.lock"), wait=True):
+    page = reproduction_report.write(workdir, results, claims, scale, command)
   print(page)
   print(f"results in {os.path.abspath(results)}")
 

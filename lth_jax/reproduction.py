@@ -8,6 +8,12 @@ extended with SNIP/GraSP/SynFlow by claim 2 and with the one-shot branch by clai
 resumes and skips finished stages; a job whose ``job_done.json`` matches its config is not
 started at all, so a second run of the same command trains nothing.
 
+Several processes may run the same command on one workdir (one per CPU core, see
+``docs/results/README.md``): each job is locked by the process that runs it (``job.lock``, an
+advisory ``flock`` the kernel drops when its process dies), the others take the next job, and a
+``stability`` job waits for the search it reads. Jobs run in :func:`jobs_for`'s order: the
+families most claims rest on first.
+
 The families are the registered ones with a ``families.Reproduction`` (their IMP levels and
 config changes per scale, and the claims they take part in; :func:`claim_families`).
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import math
 import os
 import threading
@@ -213,7 +220,10 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
       else:
         merged.setdefault(job.name, job)
   order = {"find_tickets": 0, "transfer": 1, "early_bird": 2, "stability": 3}
-  return sorted(merged.values(), key=lambda j: order[j.binary])
+
+  def key(job: Job) -> tuple[int, int]:   # the families most claims rest on first
+    return (-len(families_lib.get(job.config.family).reproduction.claims), order[job.binary])
+  return sorted(merged.values(), key=key)
 
 
 def job_finished(job: Job, workdir: str) -> bool:
@@ -249,18 +259,63 @@ def _job_clock(path: str, every_s: float = 60.0):
     write()
 
 
-def run_job(job: Job, workdir: str) -> None:
+@contextlib.contextmanager
+def file_lock(path: str, wait: bool = False):
+  """Yields whether this process holds the advisory lock ``path`` (created if absent); with
+  ``wait``, blocks until it does. The kernel releases it when the process ends, however it ends.
+  """
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+      yield False
+      return
+    yield True
+
+
+def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job: None) -> bool:
   """Runs ``job`` in ``workdir/<name>`` unless it is :func:`job_finished`; accumulates its
   wall-clock and process CPU seconds over resumptions in ``job_time.json`` (:func:`_job_clock`).
+  ``announce(job)`` is called when it starts.
+
+  Returns:
+    True when the job is finished, False when another process holds its ``job.lock``.
   """
   if job_finished(job, workdir):
-    return
+    return True
   path = os.path.join(workdir, job.name)
-  drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
-             "early_bird": early_bird.run}
-  with _job_clock(os.path.join(path, "job_time.json")):
-    if job.binary == "stability":
-      stability.run(job.config, path, os.path.join(workdir, job.source))
+  with file_lock(os.path.join(path, "job.lock")) as mine:
+    if not mine:
+      return False
+    if job_finished(job, workdir):    # finished by the process that held the lock before
+      return True
+    announce(job)
+    drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
+               "early_bird": early_bird.run}
+    with _job_clock(os.path.join(path, "job_time.json")):
+      if job.binary == "stability":
+        stability.run(job.config, path, os.path.join(workdir, job.source))
+      else:
+        drivers[job.binary](job.config, path)
+    runs.write_json(os.path.join(path, "job_done.json"), runs.config_to_dict(job.config))
+  return True
+
+
+def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 60.0,
+             announce: Callable[[Job], None] = lambda job: None) -> None:
+  """Runs ``jobs`` (:func:`jobs_for`'s order) until every one is finished, beside any other
+  processes working on ``workdir``: the first job that is free (not locked by another process,
+  its ``source`` not pending) runs, then the list is scanned again from the top; when every
+  pending job is locked or waiting, checks again after ``poll_s`` seconds. ``announce(job)``
+  is called when this process starts a job."""
+  pending = list(jobs)
+  while pending:
+    waiting = {job.name for job in pending}
+    for job in pending:
+      if job.source not in waiting and run_job(job, workdir, announce):
+        pending.remove(job)
+        break
     else:
-      drivers[job.binary](job.config, path)
-  runs.write_json(os.path.join(path, "job_done.json"), runs.config_to_dict(job.config))
+      time.sleep(poll_s)
+      pending = [job for job in pending if not job_finished(job, workdir)]

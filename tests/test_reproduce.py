@@ -125,3 +125,48 @@ def test_job_clock_writes_while_running_and_accumulates(tmp_path):
     time.sleep(0.05)
   total = runs.read_json(path)
   assert total["wall_s"] >= end["wall_s"] + 0.05 and total["cpu_s"] >= end["cpu_s"]
+
+
+def test_jobs_run_in_order_of_the_claims_their_family_serves():
+  jobs = reproduction.jobs_for(list(reproduction.CLAIMS), "cpu")
+  served = [len(families.get(j.config.family).reproduction.claims) for j in jobs]
+  assert served == sorted(served, reverse=True)
+  assert jobs[-1].config.family not in reproduction.claim_families(2)   # the zoo's last
+  names = [j.name for j in jobs]
+  assert names.index("search_dcgan") < names.index("stability_dcgan")
+
+
+def test_run_jobs_leaves_a_locked_job_to_its_process_and_waits_for_a_source(tmp_path,
+                                                                           monkeypatch):
+  import threading   # pylint: disable=g-import-not-at-top
+  import ml_collections   # pylint: disable=g-import-not-at-top
+  from lth_jax import lottery, stability   # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  config = lambda i: ml_collections.ConfigDict({"family": "ae", "i": i})
+  search, other = (reproduction.Job(n, "find_tickets", config(i))
+                   for i, n in enumerate(("search", "other")))
+  check = reproduction.Job("check", "stability", config(2), source="search")
+  ran = []
+  monkeypatch.setattr(lottery, "run", lambda cfg, path: ran.append(os.path.basename(path)))
+  monkeypatch.setattr(stability, "run", lambda cfg, path, source: ran.append(
+      (os.path.basename(path), os.path.basename(source))))
+  lock = os.path.join(workdir, "search", "job.lock")
+  with reproduction.file_lock(lock) as held:          # "another process" runs the search
+    assert held
+    with reproduction.file_lock(lock) as again:
+      assert not again                                  # a second holder is refused
+    assert not reproduction.run_job(search, workdir)
+    worker = threading.Thread(target=reproduction.run_jobs,
+                              args=([search, other, check], workdir, 0.02))
+    worker.start()
+    deadline = time.time() + 30
+    while not ran and time.time() < deadline:
+      time.sleep(0.01)
+    time.sleep(0.2)
+    assert ran == ["other"]                   # the search is locked, the check waits for it
+    runs.write_json(os.path.join(workdir, "search", "job_done.json"),
+                    runs.config_to_dict(search.config))
+  worker.join(30)
+  assert not worker.is_alive()
+  assert ran == ["other", ("check", "search")]
+  assert reproduction.job_finished(check, workdir) and reproduction.job_finished(other, workdir)
