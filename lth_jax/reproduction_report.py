@@ -98,6 +98,21 @@ def winning_levels(stats: dict, metric: str) -> list[tuple[int, float, bool]]:
   return out
 
 
+KID = "kid_fmnist_clf"
+
+
+def _kid_check(rows: list[dict]) -> str:
+  """Markdown: claim 1's table again in KID (same feature space as the FID), with the levels the
+  ticket wins by it; empty for families without KID (the AutoEncoders)."""
+  rows = [r for r in rows if r.get(KID) is not None]
+  if not rows or not any(r["level"] == 0 for r in rows):
+    return ""
+  table, stats = level_table(rows, KID, reproduction.CLAIM_BRANCHES)
+  won = [lv for lv, _, w in winning_levels(stats, KID) if w]
+  return (f"The same runs in `{KID}` (the wins rule applied to KID; the verdict uses the FID):"
+          f"\n\n{table}\n\nWinning levels by KID: {won or 'none'}.\n\n")
+
+
 def claim1(workdir: str, results_dir: str) -> Section:
   body, holds, csv = [], [], []
   for family in reproduction.claim_families(1):
@@ -117,7 +132,7 @@ def claim1(workdir: str, results_dir: str) -> Section:
     body.append(f"### {family} (`{metric}`)\n\n{table}\n\nHighest winning sparsity: "
                 f"**{best:.1f}%** (paper, Table 1: {paper_winning(family)}%). Winning levels: "
                 f"{[lv for lv, _, w in levels if w] or 'none'}.\n\n"
-                f"![{family}](claim1_{family}.png)\n")
+                f"{_kid_check(rows)}![{family}](claim1_{family}.png)\n")
   return Section(1, reproduction.CLAIMS[1][0], verdict(holds), "\n".join(body), csv)
 
 

@@ -170,3 +170,16 @@ def test_run_jobs_leaves_a_locked_job_to_its_process_and_waits_for_a_source(tmp_
   assert not worker.is_alive()
   assert ran == ["other", ("check", "search")]
   assert reproduction.job_finished(check, workdir) and reproduction.job_finished(other, workdir)
+
+
+def test_claim1_repeats_its_table_in_kid_for_families_that_have_it():
+  rows = [{"level": lv, "branch": b, "seed": s, "sparsity": 0.36 * (lv > 0),
+           "fid_fmnist_clf": 100.0 - lv - s, "kid_fmnist_clf": kid + 0.1 * s}
+          for s in (0, 1) for lv, b, kid in ((0, "dense", 20.0), (1, "ticket", 18.0),
+                                             (1, "random_reinit", 21.0),
+                                             (1, "random_pruning", 22.0))]
+  page = reproduction_report._kid_check(rows)   # pylint: disable=protected-access
+  assert "| 1 | 36.0 | 20.05 ± 0.071 | 18.05 ± 0.071 | 21.05 ± 0.071 | 22.05 ± 0.071 |" in page
+  assert "Winning levels by KID: [1]." in page
+  no_kid = [{k: v for k, v in r.items() if k != "kid_fmnist_clf"} for r in rows]
+  assert reproduction_report._kid_check(no_kid) == ""   # pylint: disable=protected-access
