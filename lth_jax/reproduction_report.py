@@ -16,6 +16,7 @@ Rules (stated again on the page):
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -113,6 +114,18 @@ def _kid_check(rows: list[dict]) -> str:
           f"\n\n{table}\n\nWinning levels by KID: {won or 'none'}.\n\n")
 
 
+def _dense_grid(workdir: str, results_dir: str, family: str) -> str:
+  """Copies the search's level-0 grid (the first dense model's samples; an AutoEncoder's: test
+  images above their reconstructions) to ``dense_<family>.png``; Markdown showing it."""
+  grid = os.path.join(workdir, f"search_{family}", "samples_level0.png")
+  if not os.path.exists(grid):
+    return ""
+  shutil.copyfile(grid, os.path.join(results_dir, f"dense_{family}.png"))
+  what = "samples" if families.get(family).primary_metric == "fid" else \
+      "test images (top half) and their reconstructions"
+  return f"The dense model's {what} (seed 0):\n\n![{family} dense](dense_{family}.png)\n"
+
+
 def claim1(workdir: str, results_dir: str) -> Section:
   body, holds, csv = [], [], []
   for family in reproduction.claim_families(1):
@@ -132,7 +145,8 @@ def claim1(workdir: str, results_dir: str) -> Section:
     body.append(f"### {family} (`{metric}`)\n\n{table}\n\nHighest winning sparsity: "
                 f"**{best:.1f}%** (paper, Table 1: {paper_winning(family)}%). Winning levels: "
                 f"{[lv for lv, _, w in levels if w] or 'none'}.\n\n"
-                f"{_kid_check(rows)}![{family}](claim1_{family}.png)\n")
+                f"{_kid_check(rows)}![{family}](claim1_{family}.png)\n\n"
+                f"{_dense_grid(workdir, results_dir, family)}")
   return Section(1, reproduction.CLAIMS[1][0], verdict(holds), "\n".join(body), csv)
 
 

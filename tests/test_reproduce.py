@@ -87,6 +87,7 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   assert "| 1. Winning tickets by IMP with late resetting | **" in page
   assert "Highest winning sparsity" in page and "## Compute" in page
   assert (results / "claim1.csv").exists() and (results / "claim1_ae.png").exists()
+  assert (results / "dense_ae.png").exists() and "![ae dense](dense_ae.png)" in page
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
   again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
