@@ -45,6 +45,7 @@ from lth_jax import lottery
 from lth_jax import runs
 from lth_jax import stability
 from lth_jax import transfer
+from lth_jax import validation
 
 SCALES = ("smoke", "cpu", "gpu")
 CLAIM_BRANCHES = ("ticket", "random_reinit", "random_pruning")
@@ -226,11 +227,32 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
   return sorted(merged.values(), key=key)
 
 
+def _trained_levels(lottery: dict) -> dict[str, set[int]]:
+  """``{branch: levels it trains}`` of a search's ``lottery`` config section."""
+  only = validation.branch_levels(ml_collections.ConfigDict(lottery))
+  return {b: set(only.get(b, range(1, lottery["levels"] + 1))) for b in lottery["branches"]}
+
+
+def covers(done: dict, wanted: dict) -> bool:
+  """Whether a job finished with config ``done`` trained everything config ``wanted`` asks for:
+  the same config, except that a search may have had more levels, branches or branch levels (a
+  search grown for claim 2 also finished claim 1's)."""
+  if done == wanted:
+    return True
+  extendable = [k.split(".")[1] for k in lottery.EXTENDABLE]
+  rest = lambda c: {**c, "lottery": {k: v for k, v in c.get("lottery", {}).items()
+                                     if k not in extendable}}
+  if "lottery" not in done or rest(done) != rest(wanted):
+    return False
+  have, need = _trained_levels(done["lottery"]), _trained_levels(wanted["lottery"])
+  return all(b in have and levels <= have[b] for b, levels in need.items())
+
+
 def job_finished(job: Job, workdir: str) -> bool:
-  """Whether ``workdir/<job name>/job_done.json`` holds ``job``'s config (a search finished for
-  claim 1 is unfinished for claim 2, whose config adds branches)."""
+  """Whether ``workdir/<job name>/job_done.json`` holds a config that :func:`covers` ``job``'s
+  (a search finished for claim 1 only is unfinished for claim 2, whose config adds branches)."""
   done = os.path.join(workdir, job.name, "job_done.json")
-  return os.path.exists(done) and runs.read_json(done) == runs.config_to_dict(job.config)
+  return os.path.exists(done) and covers(runs.read_json(done), runs.config_to_dict(job.config))
 
 
 @contextlib.contextmanager

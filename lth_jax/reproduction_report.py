@@ -9,8 +9,9 @@ Rules (stated again on the page):
 * **wins** (claim 1): at a level, the ticket's mean is within the dense model's seed spread
   (``<= dense mean + dense std``) and below both random baselines' means.
 * A claim **held** when its comparison holds at every compared point, **partly held** at some,
-  **did not hold** at none. A claim with an unfinished job gets **no verdict yet**: its tables
-  show what has run so far.
+  **did not hold** at none (claim 6's points are the families: one holds when both of Table 2's
+  targets meet at some channel sparsity). A claim with an unfinished job gets **no verdict
+  yet**: its tables show what has run so far.
 """
 
 from __future__ import annotations
@@ -253,10 +254,13 @@ def claim5(workdir: str, results_dir: str) -> Section:
 
 
 def claim6(workdir: str, results_dir: str) -> Section:
+  """Per family and channel sparsity: FLOPs cut, wall-clock and FID ratios to dense. The claim
+  holds for a family when both of the paper's targets meet at some sparsity."""
   lines = ["| family | channels pruned | FLOPs cut | wall ratio | FID ratio (EB) | "
-           "FID ratio (same widths, scratch) | all three targets |",
+           "FID ratio (same widths, scratch) | both targets |",
            "|---|---:|---:|---:|---|---|---|"]
-  holds, csv = [], []
+  met_at: dict[str, list[float]] = {}
+  csv = []
   for family in reproduction.claim_families(6):
     for sparsity in reproduction.EB_SPARSITIES:
       path = os.path.join(workdir, f"early_bird_{family}_{sparsity:g}", "results.csv")
@@ -269,15 +273,21 @@ def claim6(workdir: str, results_dir: str) -> Section:
           metrics=("flops_vs_dense", "seconds_vs_dense", "metric_vs_dense"), by="run")}
       total, scratch = agg["eb_total"], agg.get("scratch")
       cut = 1 - total["flops_vs_dense_mean"]
-      ratio = total["metric_vs_dense_mean"]
-      met = cut >= 0.88 and ratio <= 1.10
-      holds.append(met)
+      met = cut >= 0.88 and total["metric_vs_dense_mean"] <= 1.10
+      met_at.setdefault(family, [])
+      if met:
+        met_at[family].append(sparsity)
       lines.append(f"| {family} | {sparsity} | {100 * cut:.1f}% | "
                    f"{total['seconds_vs_dense_mean']:.3f} | {_cell(total, 'metric_vs_dense')} | "
                    f"{_cell(scratch, 'metric_vs_dense')} | {'yes' if met else 'no'} |")
+  where = "; ".join(f"{f}: {', '.join(map(str, s)) if s else 'nowhere'}"
+                    for f, s in met_at.items())
   body = ("\n".join(lines) + "\n\nTargets (the paper's Table 2): ≥ 88% fewer training FLOPs and "
-          "FID within 10% of dense.\n")
-  return Section(6, reproduction.CLAIMS[6][0], verdict(holds), body, csv)
+          "FID within 10% of dense (FID ratio ≤ 1.10, the mean over seeds); the claim holds for "
+          "a family when both meet at some channel sparsity. Where they meet: "
+          f"{where or 'nothing has run'}.\n")
+  return Section(6, reproduction.CLAIMS[6][0], verdict([bool(s) for s in met_at.values()]),
+                 body, csv)
 
 
 def claim7(workdir: str, results_dir: str) -> Section:

@@ -184,3 +184,17 @@ def test_claim1_repeats_its_table_in_kid_for_families_that_have_it():
   assert "Winning levels by KID: [1]." in page
   no_kid = [{k: v for k, v in r.items() if k != "kid_fmnist_clf"} for r in rows]
   assert reproduction_report._kid_check(no_kid) == ""   # pylint: disable=protected-access
+
+
+def test_a_grown_search_covers_the_smaller_configs_it_finished():
+  small, grown = ({j.name: runs.config_to_dict(j.config)
+                    for j in reproduction.jobs_for(claims, "cpu")}["search_vae"]
+                   for claims in ([1], [1, 2, 4]))
+  assert grown != small
+  assert reproduction.covers(grown, small)          # claim 1's search is inside claims 1-4's
+  assert not reproduction.covers(small, grown)      # the grown one still has branches to train
+  fewer_levels = {**small, "lottery": {**small["lottery"],
+                                       "levels": small["lottery"]["levels"] - 1}}
+  assert reproduction.covers(small, fewer_levels) and not reproduction.covers(fewer_levels, small)
+  other = {**small, "train": {**small["train"], "steps": small["train"]["steps"] + 1}}
+  assert not reproduction.covers(other, small) and not reproduction.covers(small, other)
