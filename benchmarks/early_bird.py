@@ -41,6 +41,8 @@ _FAMILIES = flags.DEFINE_list("families", ["dcgan", "vae"], "Families to benchma
 _STEPS = flags.DEFINE_integer("steps", 2000, "Dense training steps (= search + ticket steps).")
 _WIDTH = flags.DEFINE_integer("width", 64,
                               "Base width h of the dense models (DCGAN's standard 64).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Batch size (0: the family's default, 64). A "
+                              "larger batch gives a GPU step more work per kernel launch.")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.75", "0.5"],
                                  "Fractions of hidden channels (structured) or of prunable weights "
                                  "(unstructured) pruned; one ticket each, the dense baseline is "
@@ -79,6 +81,8 @@ def config_for(family: str, sparsity: float | str):
   config = configs.get_config(family, "fashion_mnist", "default")
   config.tickets.seeds = tuple(int(s) for s in _SEEDS.value)
   config.model.width = _WIDTH.value
+  if _BATCH.value:
+    config.train.batch_size = _BATCH.value
   config.train.update(steps=_STEPS.value, steps_per_call=_STEPS_PER_CALL.value,
                       checkpoint_every=0, log_every=500)
   config.eval.num_samples = _NUM_SAMPLES.value
@@ -104,6 +108,7 @@ def run_family(family: str) -> list[dict]:
     config = config_for(family, sparsity)
     name = sparsity if isinstance(sparsity, float) else sparsity.replace(",", "_")
     workdir = os.path.join(_WORKDIR.value, f"{family}_s{_STEPS.value}_w{_WIDTH.value}_"
+                           f"{f'b{_BATCH.value}_' if _BATCH.value else ''}"
                            f"p{name}_{_SCOPE.value}_i{_INTERVAL.value}"
                            f"{'_rewind' if _REWIND.value else ''}"
                            f"{'_unstructured' if _KIND.value == 'unstructured' else ''}_seeds"
