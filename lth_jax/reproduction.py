@@ -68,6 +68,21 @@ SCALE_SETTINGS = {
                 families=None, eb_sparsities=EB_SPARSITIES, merge_levels=1),
 }
 PAPER_RATE = 0.2   # the paper's IMP rate: 20% of the remaining weights per level
+# Why each scale is cut from the paper as it is (printed on the results page).
+SCALE_WHY = {
+    "smoke": "CI's end-to-end check of the machinery: the numbers mean nothing.",
+    "cpu": "Sized for a 2-core CPU. Fashion-MNIST for every family: it is offline and small, and "
+           "its classifier gives FID/KID a feature space without downloads. Width 16 (the AE, "
+           "β-VAE and DCGAN) and the fewest steps whose dense samples look like clothes (the "
+           "DCGAN needs 4000; 2000 at width 16 gave FID 106 and barely clothes). Two of the "
+           "paper's 20% levels per level (36%): the paper's final sparsities in half the "
+           "trainings, through every other point of its grid. SNIP/GraSP/SynFlow and one-shot "
+           "at four levels spread over the range, not at every level. Three seeds for the "
+           "paper's three families; one for the rest of the zoo, whose default presets train "
+           "5-15 minutes each.",
+    "gpu": "The paper's widths (the families' `paper` presets) and IMP rate, on Fashion-MNIST, "
+           "5 seeds.",
+}
 
 
 def claim_families(claim: int) -> tuple[str, ...]:

@@ -353,7 +353,7 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
   lines += ["", __doc__.split("Rules (stated again on the page):", 1)[1].strip(), ""]
   lines += ["## Scale", "", f"Data: Fashion-MNIST (32x32x1) for every family (the paper: "
             "CIFAR-10, CelebA, MNIST). Each level prunes the `rate` of the remaining weights "
-            "(the paper: 20%).", "",
+            f"(the paper: 20%). {reproduction.SCALE_WHY[scale]}", "",
             "| family | width | steps | batch | rate | levels (pruned %) | rewind | seeds |",
             "|---|---:|---:|---:|---:|---|---|---|"]
   for family in reproduction.claim_families(1):

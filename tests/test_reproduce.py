@@ -129,6 +129,7 @@ def test_job_clock_writes_while_running_and_accumulates(tmp_path):
 
 
 def test_jobs_run_in_order_of_the_claims_their_family_serves():
+  assert set(reproduction.SCALE_WHY) == set(reproduction.SCALES)   # each scale says its cuts
   jobs = reproduction.jobs_for(list(reproduction.CLAIMS), "cpu")
   served = [len(families.get(j.config.family).reproduction.claims) for j in jobs]
   assert served == sorted(served, reverse=True)
