@@ -71,7 +71,7 @@ PAPER_RATE = 0.2   # the paper's IMP rate: 20% of the remaining weights per leve
 # Why each scale is cut from the paper as it is (printed on the results page).
 SCALE_WHY = {
     "smoke": "CI's end-to-end check of the machinery: the numbers mean nothing.",
-    "cpu": "Sized for a 2-core CPU. Fashion-MNIST for every family: it is offline and small, and "
+    "cpu": "Sized for a 2-core CPU. Fashion-MNIST because it is offline and small, and "
            "its classifier gives FID/KID a feature space without downloads. Width 16 (the AE, "
            "β-VAE and DCGAN) and the fewest steps whose dense samples look like clothes (the "
            "DCGAN needs 4000; 2000 at width 16 gave FID 106 and barely clothes). Two of the "

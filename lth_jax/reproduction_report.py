@@ -340,12 +340,15 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
     elif not section.rows:
       section = section._replace(body="Not run yet.")
     sections.append(section)
-  times = []
+  times, total = [], [0.0, 0.0]
   for job in reproduction.jobs_for(list(claims), scale):
     path = os.path.join(workdir, job.name, "job_time.json")
     if os.path.exists(path):
       t = runs.read_json(path)
       times.append(f"| {job.name} | {t['wall_s'] / 3600:.2f} | {t['cpu_s'] / 3600:.2f} |")
+      total = [total[0] + t["wall_s"], total[1] + t["cpu_s"]]
+  if times:
+    times.append(f"| **total** | {total[0] / 3600:.2f} | {total[1] / 3600:.2f} |")
   lines = [f"# Reproduction of Kalibhat, Balaji & Feizi (AAAI 2021), scale `{scale}`", "",
            f"Command: `{command}`", "",
            "| claim | verdict |", "|---|---|"]
