@@ -32,6 +32,7 @@ import dataclasses
 import fcntl
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -93,11 +94,19 @@ def claim_families(claim: int) -> tuple[str, ...]:
 
 @dataclasses.dataclass
 class Job:
-  """One driver run. ``source``: the job whose workdir a ``stability`` job reads."""
+  """One driver run.
+
+  Attributes:
+    source: a job that must finish first: the search a ``stability`` job reads, or the job whose
+      outputs ``reuse`` names.
+    reuse: files or directories of ``source``'s workdir copied into this job's before it runs
+      (the finished runs the two jobs share, which the driver then skips).
+  """
   name: str
   binary: str
   config: ml_collections.ConfigDict
   source: str = ""
+  reuse: tuple[str, ...] = ()
 
 
 def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
@@ -194,13 +203,19 @@ def _claim5(scale):
 
 
 def _claim6(scale):
+  """One early-bird job per family and channel sparsity; the dense baselines (the same runs at
+  every sparsity) are trained by the first sparsity's job and copied by the others."""
   jobs = []
   for family in claim_families(6):
+    first = ""
     for sparsity in SCALE_SETTINGS[scale]["eb_sparsities"]:
       config = base_config(family, scale)
       config.early_bird.update(sparsity=sparsity, scratch_baseline=True, dense_baseline=True)
-      jobs.append(Job(f"early_bird_{family}_{sparsity:g}", "early_bird",
-                      configs.for_binary(config, "early_bird")))
+      name = f"early_bird_{family}_{sparsity:g}"
+      dense = tuple(f"dense_seed{s}" for s in config.tickets.seeds) + ("samples_dense.png",)
+      jobs.append(Job(name, "early_bird", configs.for_binary(config, "early_bird"),
+                      source=first, reuse=dense if first else ()))
+      first = first or name
   return jobs
 
 
@@ -328,6 +343,10 @@ def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job
     if job_finished(job, workdir):    # finished by the process that held the lock before
       return True
     announce(job)
+    for item in job.reuse:
+      mine, theirs = os.path.join(path, item), os.path.join(workdir, job.source, item)
+      if os.path.exists(theirs) and not os.path.exists(mine):
+        (shutil.copytree if os.path.isdir(theirs) else shutil.copyfile)(theirs, mine)
     drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
                "early_bird": early_bird.run}
     with _job_clock(os.path.join(path, "job_time.json")):

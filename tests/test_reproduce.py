@@ -199,3 +199,21 @@ def test_a_grown_search_covers_the_smaller_configs_it_finished():
   assert reproduction.covers(small, fewer_levels) and not reproduction.covers(fewer_levels, small)
   other = {**small, "train": {**small["train"], "steps": small["train"]["steps"] + 1}}
   assert not reproduction.covers(other, small) and not reproduction.covers(small, other)
+
+
+def test_early_bird_jobs_share_the_first_sparsitys_dense_runs(tmp_path, monkeypatch):
+  from lth_jax import early_bird   # pylint: disable=g-import-not-at-top
+  jobs = [j for j in reproduction.jobs_for([6], "cpu") if j.config.family == "dcgan"]
+  first, *rest = jobs
+  assert not first.source and not first.reuse and rest
+  for job in rest:
+    assert job.source == first.name
+    assert set(job.reuse) == {"dense_seed0", "dense_seed1", "dense_seed2", "samples_dense.png"}
+  seen = []
+  monkeypatch.setattr(early_bird, "run", lambda cfg, path: seen.append(sorted(os.listdir(path))))
+  (tmp_path / first.name / "dense_seed0").mkdir(parents=True)
+  (tmp_path / first.name / "dense_seed0" / "metrics.json").write_text("{}")
+  (tmp_path / first.name / "samples_dense.png").write_bytes(b"png")
+  assert reproduction.run_job(rest[0], str(tmp_path))
+  assert "dense_seed0" in seen[0] and "samples_dense.png" in seen[0]
+  assert (tmp_path / rest[0].name / "dense_seed0" / "metrics.json").read_text() == "{}"
