@@ -190,11 +190,16 @@ def _claim4(scale):
 
 
 def _claim5(scale):
+  """One transfer job per direction between claim-5 families. Both sides train the longer of
+  the two families' step counts at this scale (the transfer trains the target with the
+  source's budget, and a DCGAN target at the β-VAE's 2000 cpu-scale steps is too weak a GAN)."""
   jobs = []
   for direction, (source, target) in configs.TRANSFER_DIRECTIONS.items():
     if source not in claim_families(5) or target not in claim_families(5):
       continue
     config = base_config(source, scale)
+    config.train.steps = max(config.train.steps, base_config(target, scale).train.steps)
+    config.lottery.rewind_step = _rewind(SCALE_SETTINGS[scale]["rewind"], config.train.steps)
     config.lottery.levels = scaled_levels(SCALE_SETTINGS[scale]["transfer_levels"], scale)
     config.lottery.branches = CLAIM_BRANCHES
     config.transfer.direction = direction

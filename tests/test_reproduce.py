@@ -217,3 +217,13 @@ def test_early_bird_jobs_share_the_first_sparsitys_dense_runs(tmp_path, monkeypa
   assert reproduction.run_job(rest[0], str(tmp_path))
   assert "dense_seed0" in seen[0] and "samples_dense.png" in seen[0]
   assert (tmp_path / rest[0].name / "dense_seed0" / "metrics.json").read_text() == "{}"
+
+
+def test_transfer_jobs_train_both_sides_at_the_longer_budget():
+  from lth_jax import transfer   # pylint: disable=g-import-not-at-top
+  for job in reproduction.jobs_for([5], "cpu"):
+    source, target = transfer.derive_configs(job.config)[:2]
+    longest = max(reproduction.base_config(f, "cpu").train.steps
+                  for f in (source.family, target.family))
+    assert source.train.steps == target.train.steps == longest
+    assert source.lottery.rewind_step == f"{round(0.02 * longest)}it"
