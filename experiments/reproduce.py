@@ -11,8 +11,9 @@ processes may run the command on one workdir at once and share its jobs; on a CP
 per core trains faster than one process on every core::
 
   taskset -c 0 python experiments/reproduce.py --scale=cpu &
-  taskset -c 1 python experiments/reproduce.py --scale=cpu The claims, scales
-and jobs are in ``lth_jax.reproduction``; the tables and verdicts in
+  taskset -c 1 python experiments/reproduce.py --scale=cpu
+
+The claims, scales and jobs are in ``lth_jax.reproduction``; the tables and verdicts in
 ``lth_jax.reproduction_report``.
 """
 import os

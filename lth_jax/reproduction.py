@@ -264,7 +264,7 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
 
 def _trained_levels(lottery: dict) -> dict[str, set[int]]:
   """``{branch: levels it trains}`` of a search's ``lottery`` config section."""
-  only = validation.branch_levels(ml_collections.ConfigDict(lottery))
+  only = validation.branch_levels(ml_collections.ConfigDict({"branch_levels": "", **lottery}))
   return {b: set(only.get(b, range(1, lottery["levels"] + 1))) for b in lottery["branches"]}
 
 
@@ -349,9 +349,9 @@ def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job
       return True
     announce(job)
     for item in job.reuse:
-      mine, theirs = os.path.join(path, item), os.path.join(workdir, job.source, item)
-      if os.path.exists(theirs) and not os.path.exists(mine):
-        (shutil.copytree if os.path.isdir(theirs) else shutil.copyfile)(theirs, mine)
+      here, there = os.path.join(path, item), os.path.join(workdir, job.source, item)
+      if os.path.exists(there) and not os.path.exists(here):
+        (shutil.copytree if os.path.isdir(there) else shutil.copyfile)(there, here)
     drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
                "early_bird": early_bird.run}
     with _job_clock(os.path.join(path, "job_time.json")):
