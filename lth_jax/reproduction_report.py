@@ -135,19 +135,23 @@ def claim1(workdir: str, results_dir: str) -> Section:
       continue
     csv += [{"family": family, "metric": metric, **r} for r in rows
             if r["branch"] in ("dense",) + reproduction.CLAIM_BRANCHES]
+    grid = _dense_grid(workdir, results_dir, family)
     table, stats = level_table(rows, metric, reproduction.CLAIM_BRANCHES)
+    if not any(r["level"] > 0 for r in rows):
+      body.append(f"### {family} (`{metric}`)\n\nOnly the dense models have trained so far: "
+                  f"{_cell(stats.get((0, 'dense')), metric)}.\n\n{grid}")
+      continue
     levels = winning_levels(stats, metric)
     won = [100 * s for _, s, w in levels if w]
-    best = max(won) if won else 0.0
-    holds.append(best >= paper_winning(family))
+    holds.append(bool(won) and max(won) >= paper_winning(family))
     report.plot_metric_vs_sparsity(
         [r for r in rows if r["branch"] in ("dense",) + reproduction.CLAIM_BRANCHES], metric,
         os.path.join(results_dir, f"claim1_{family}.png"), title=f"{family}: {metric}")
+    best = f"{max(won):.1f}%" if won else "none"
     body.append(f"### {family} (`{metric}`)\n\n{table}\n\nHighest winning sparsity: "
-                f"**{best:.1f}%** (paper, Table 1: {paper_winning(family)}%). Winning levels: "
+                f"**{best}** (paper, Table 1: {paper_winning(family)}%). Winning levels: "
                 f"{[lv for lv, _, w in levels if w] or 'none'}.\n\n"
-                f"{_kid_check(rows)}![{family}](claim1_{family}.png)\n\n"
-                f"{_dense_grid(workdir, results_dir, family)}")
+                f"{_kid_check(rows)}![{family}](claim1_{family}.png)\n\n{grid}")
   return Section(1, reproduction.CLAIMS[1][0], verdict(holds), "\n".join(body), csv)
 
 
