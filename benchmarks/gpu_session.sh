@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU measurements issue 13 still needs, as two calls of at most 10 minutes each on the GPU
+# machine (see BENCHMARKS.md, "For the next GPU session"). Prepare here with
+# ../shared/device/prepare.sh, then run through the device tool with carry [".device"]:
+#
+#   source .device/env.sh && bash benchmarks/gpu_session.sh 1    # ~5-7 min
+#   source .device/env.sh && bash benchmarks/gpu_session.sh 2    # ~4-6 min
+#
+# Call 1: where a stacked step's time goes (section 5, with kernel counts), stacked tickets in
+# 'sequential' and 'batched', fused steps with XLA's default command buffers, then the fused
+# steps again with while loops recorded into CUDA graphs (+WHILE,+CONDITIONAL).
+# Call 2: early-bird at the benchmark's usual size and with a batch of 512 (is the FLOPs cut
+# wall-clock once the step is bound by arithmetic?).
+# Each writes its log to $OUT (or ./gpu_session_out when $OUT is unset).
+set -euo pipefail
+out="${OUT:-gpu_session_out}"
+mkdir -p "$out"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+case "${1:-}" in
+  1)
+    python benchmarks/accelerator.py --sections=5,1,2 --executions=sequential,batched \
+      --formulations=xla,patches --steps=50 2>&1 | tee "$out/accelerator.txt"
+    XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL \
+      python benchmarks/accelerator.py --sections=2 --formulations=xla --steps=50 2>&1 \
+      | tee "$out/accelerator_command_buffers.txt"
+    ;;
+  2)
+    for batch in 64 512; do
+      python benchmarks/early_bird.py --families=dcgan --steps=12000 --sparsities=0.75 \
+        --seeds=0 --batch_size="$batch" --workdir=/tmp/lth_eb_gpu 2>&1 \
+        | grep -v '^I[0-9]' | tee "$out/early_bird_b$batch.txt"
+    done
+    ;;
+  *)
+    echo "usage: bash benchmarks/gpu_session.sh 1|2" >&2
+    exit 2
+    ;;
+esac
