@@ -10,7 +10,8 @@ Rules (stated again on the page):
   (``<= dense mean + dense std``) and below both random baselines' means.
 * A claim **held** when its comparison holds at every compared point, **partly held** at some,
   **did not hold** at none (claim 6's points are the families: one holds when both of Table 2's
-  targets meet at some channel sparsity). A claim with an unfinished job gets **no verdict
+  targets meet at some channel sparsity; claim 7's too: one holds when its winning levels are
+  the more stable, and is **undecided** when all its levels win or none). A claim with an unfinished job gets **no verdict
   yet**: its tables show what has run so far.
 """
 
@@ -295,14 +296,16 @@ def claim6(workdir: str, results_dir: str) -> Section:
 
 
 def claim7(workdir: str, results_dir: str) -> Section:
-  """Instability per level (mean ± std over seeds) beside whether the ticket wins there."""
-  body, csv, measured = [], [], False
+  """Instability per level (mean ± std over seeds) beside whether the ticket wins there. The
+  claim tested (Frankle et al., 2020, for IMP with rewinding): winning tickets are the stable
+  ones, i.e. a family's mean instability over its winning levels is below the mean over its
+  other levels (a family whose levels all win, or none, does not decide)."""
+  body, csv, holds = [], [], []
   for family in reproduction.claim_families(7):
     path = os.path.join(workdir, f"stability_{family}", "stability.csv")
     rows, metric = search_rows(workdir, f"search_{family}")
     if not os.path.exists(path) or not rows:
       continue
-    measured = True
     points = report.read_csv(path)
     csv += [{"family": family, **r} for r in points]
     once = [r for r in points if r["alpha"] == 0.0]        # one instability per (level, seed)
@@ -314,14 +317,20 @@ def claim7(workdir: str, results_dir: str) -> Section:
       lines.append(f"| {level} | {_cell(r, 'instability')} | {wins.get(level, '-')} |")
     groups = {w: [per_level[lv]["instability_mean"] for lv in per_level if wins.get(lv) is w]
               for w in (True, False)}
-    means = {w: (f"{sum(v) / len(v):.4g} over {len(v)} levels" if v else "no level")
-             for w, v in groups.items()}
+    mean = {w: sum(v) / len(v) for w, v in groups.items() if v}
+    if len(mean) == 2:
+      holds.append(mean[True] < mean[False])
+    text = {w: f"{mean[w]:.4g} over {len(groups[w])} levels" if w in mean else "no level"
+            for w in (True, False)}
     body.append(f"### {family} (`{metric}`)\n\n" + "\n".join(lines) + "\n\nMean "
-                f"instability where the ticket wins: {means[True]}; where it does not: "
-                f"{means[False]}.\n")
-  # Beyond the paper: nothing to hold, the section reports what was measured.
-  return Section(7, reproduction.CLAIMS[7][0], "measured" if measured else "not run",
-                 "\n".join(body), csv)
+                f"instability where the ticket wins: {text[True]}; where it does not: "
+                f"{text[False]}.\n")
+  if body:
+    body.append("Tested: winning tickets are the stable ones (a family's mean instability over "
+                "its winning levels below the mean over its other levels; a family whose levels "
+                "all win, or none, does not decide).\n")
+  decided = verdict(holds) if holds else "undecided" if body else "not run"
+  return Section(7, reproduction.CLAIMS[7][0], decided, "\n".join(body), csv)
 
 
 SECTIONS = {1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: claim7}

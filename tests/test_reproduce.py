@@ -227,3 +227,24 @@ def test_transfer_jobs_train_both_sides_at_the_longer_budget():
                   for f in (source.family, target.family))
     assert source.train.steps == target.train.steps == longest
     assert source.lottery.rewind_step == f"{round(0.02 * longest)}it"
+
+
+@pytest.mark.parametrize("unstable_winner, expected", [(False, "held"), (True, "did not hold")])
+def test_claim7_holds_when_the_winning_levels_are_the_stable_ones(tmp_path, monkeypatch,
+                                                                  unstable_winner, expected):
+  from lth_jax import report   # pylint: disable=g-import-not-at-top
+  rows = [{"level": lv, "branch": b, "seed": s, "sparsity": 0.36 * lv, "recon_mse": m + 0.01 * s}
+          for s in (0, 1) for lv, b, m in (
+              (0, "dense", 1.0), (1, "ticket", 0.9), (1, "random_reinit", 1.2),
+              (1, "random_pruning", 1.3), (2, "ticket", 1.5), (2, "random_reinit", 1.4),
+              (2, "random_pruning", 1.6))]
+  monkeypatch.setattr(reproduction_report, "search_rows",
+                      lambda workdir, name: (rows, "recon_mse") if name == "search_ae" else ([], ""))
+  barrier = {1: 0.5 if unstable_winner else 0.1, 2: 0.3}
+  points = [{"level": lv, "seed": s, "alpha": a, "instability": barrier[lv] + 0.01 * s}
+            for lv in (1, 2) for s in (0, 1) for a in (0.0, 0.5)]
+  (tmp_path / "stability_ae").mkdir()
+  report.write_csv(points, str(tmp_path / "stability_ae" / "stability.csv"))
+  section = reproduction_report.claim7(str(tmp_path), str(tmp_path))
+  assert section.verdict == expected
+  assert "| 1 | " in section.body and "| True |" in section.body and "| False |" in section.body
