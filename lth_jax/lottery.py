@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from typing import Any
 
 import jax
@@ -120,6 +121,8 @@ class _Search:
       for path, state in zip(paths, states):
         if not os.path.exists(path):
           self.ctx.save_state(path, state)
+      if self.ctx.is_main:   # θ_k is saved: that training never resumes again
+        shutil.rmtree(os.path.join(self.level_dir(0), "checkpoints_rewind"), ignore_errors=True)
     return [t._replace(state=self.ctx.load_state(p)) for t, p in zip(tickets, paths)]
 
   # -------------------------------------------------------------------------- level L >= 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -342,6 +343,9 @@ class Context:
       columns: ``(ticket, state, timing) -> extra row columns``; ``timing`` covers building
         and training the group.
       done_file: written (process 0) with every row once the stage is complete.
+
+    A group's in-stage checkpoints are deleted once its runs' outputs are written (at paper
+    widths they are GBs per search level, and nothing reads them again).
       grid: a PNG path for the first trained ticket's samples (process 0).
       finish_kwargs: passed to :meth:`finish`.
 
@@ -362,6 +366,8 @@ class Context:
                   columns=lambda t, s: columns(t, s, timing), **finish_kwargs)
       if grid and self.is_main:
         self.evaluator.save_grid(family or self.family, states[0], grid)
+      if self.is_main:   # every run's outputs are written: the group never resumes again
+        shutil.rmtree(checkpoints, ignore_errors=True)
     rows = [read_json(os.path.join(stage_dir, n, "metrics.json")) for n in names]
     if done_file and self.is_main:
       write_json(done_file, rows)

@@ -54,6 +54,11 @@ def test_dcgan_search_levels_and_baselines(tmp_path):
     assert float(masks.distance(random_pruned, ticket)) > 0.0
   for name in ("results.csv", "metric_vs_sparsity.png", "summary.md", "samples_level2.png"):
     assert os.path.exists(os.path.join(workdir, name))
+  # Finished stages keep their runs' outputs, not their in-stage checkpoints.
+  for level in range(3):
+    kept = os.listdir(os.path.join(workdir, f"level_{level:02d}"))
+    assert "checkpoints_rewind" not in kept
+    assert not os.listdir(os.path.join(workdir, f"level_{level:02d}", "checkpoints"))
   assert all(np.isfinite(r["fid_fmnist_clf"]) for r in rows)
   # Rebuilding the reports from the saved results gives the same table.
   with open(os.path.join(workdir, "summary.md")) as f:
