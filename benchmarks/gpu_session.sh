@@ -11,6 +11,14 @@
 # steps again with while loops recorded into CUDA graphs (+WHILE,+CONDITIONAL).
 # Call 2: early-bird at the benchmark's usual size and with a batch of 512 (is the FLOPs cut
 # wall-clock once the step is bound by arithmetic?).
+# Call 3 (when the measurements are done and time is left): the reproduction's zoo searches
+# (claim 1, one seed each, cpu-scale sizes) on the GPU, for at most $BUDGET_S seconds (480); the
+# finished jobs come back as $OUT/zoo_jobs.tgz (results, masks, grids; no weights). Here, unpack
+# it into the CPU workdir for the jobs it does not have yet:
+#   tar xzf zoo_jobs.tgz -C /work/reproduce_cpu2 --skip-old-files
+# Before the call, copy this machine's Fashion-MNIST classifier so that FID/KID use the same
+# feature space as the CPU runs:
+#   mkdir -p .device/classifiers && cp ~/.cache/lth_jax/classifiers/fmnist_clf-* .device/classifiers/
 # Each writes its log to $OUT (or ./gpu_session_out when $OUT is unset).
 set -euo pipefail
 out="${OUT:-gpu_session_out}"
@@ -31,8 +39,21 @@ case "${1:-}" in
         | grep -v '^I[0-9]' | tee "$out/early_bird_b$batch.txt"
     done
     ;;
+  3)
+    mkdir -p "${LTH_JAX_CACHE_DIR:?source .device/env.sh first}/classifiers"
+    cp .device/classifiers/* "$LTH_JAX_CACHE_DIR/classifiers/"
+    jobs=${JOBS:-search_linear_ae,search_vae_beta1,search_wgan_gp,search_sngan,search_resnet_vae,search_wgan,search_resnet_dcgan}
+    timeout "${BUDGET_S:-480}" python experiments/reproduce.py --scale=cpu --jobs="$jobs" \
+      --workdir=/tmp/repro --results_dir=/tmp/repro/results 2>&1 | grep -v '^I[0-9]' \
+      | tee "$out/reproduce.txt" || true
+    done_jobs=$(cd /tmp/repro && for d in search_*; do
+                  if [ -f "$d/job_done.json" ]; then echo "$d"; fi; done)
+    echo "finished: ${done_jobs:-none}" | tee -a "$out/reproduce.txt"
+    [ -z "$done_jobs" ] || tar czf "$out/zoo_jobs.tgz" -C /tmp/repro --exclude=trained \
+      --exclude=theta_0 --exclude=theta_k --exclude='checkpoints*' --exclude=job.lock $done_jobs
+    ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh 1|2" >&2
+    echo "usage: bash benchmarks/gpu_session.sh 1|2|3" >&2
     exit 2
     ;;
 esac

@@ -13,6 +13,9 @@ per core trains faster than one process on every core::
   taskset -c 0 python experiments/reproduce.py --scale=cpu &
   taskset -c 1 python experiments/reproduce.py --scale=cpu
 
+``--jobs=search_sngan,search_wgan`` runs only the named jobs (e.g. on another machine, whose
+finished job directories are then copied into the workdir).
+
 The claims, scales and jobs are in ``lth_jax.reproduction``; the tables and verdicts in
 ``lth_jax.reproduction_report``.
 """
@@ -29,6 +32,8 @@ from lth_jax import reproduction_report
 _SCALE = flags.DEFINE_enum("scale", "cpu", reproduction.SCALES, "Model sizes, seeds and levels.")
 _CLAIMS = flags.DEFINE_string("claims", ",".join(map(str, reproduction.CLAIMS)),
                               "Comma-separated claim numbers to run.")
+_JOBS = flags.DEFINE_list("jobs", [], "Run only these of the claims' jobs (names as in the "
+                         "workdir, e.g. search_sngan); the page still covers every claim asked.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Runs go here (default: workdirs/reproduce_<scale>).")
 _RESULTS = flags.DEFINE_string("results_dir", "",
                                "Tables, plots and README.md (default: docs/results for cpu, "
@@ -65,8 +70,15 @@ def main(argv) -> None:
     started.append(job.name)
     print(f"== {job.name} ({job.binary})", flush=True)
 
+  jobs = reproduction.jobs_for(claims, scale)
+  unknown = sorted(set(_JOBS.value) - {job.name for job in jobs})
+  if unknown:
+    experiment_main.fail(f"--jobs: {unknown} are not jobs of claims {claims} at scale "
+                         f"{scale!r}; those are: {', '.join(job.name for job in jobs)}")
+  if _JOBS.value:
+    jobs = [job for job in jobs if job.name in _JOBS.value]
   try:
-    reproduction.run_jobs(reproduction.jobs_for(claims, scale), workdir, announce=announce)
+    reproduction.run_jobs(jobs, workdir, announce=announce)
   except experiment_main.USER_ERRORS as e:
     experiment_main.fail(f"{started[-1]}: {e}" if started else str(e))
   command = "python experiments/reproduce.py " + " ".join(sys.argv[1:])

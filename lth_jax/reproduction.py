@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import jax
 import ml_collections
 
 from lth_jax import configs
@@ -293,14 +294,18 @@ def job_finished(job: Job, workdir: str) -> bool:
 @contextlib.contextmanager
 def _job_clock(path: str, every_s: float = 60.0):
   """Adds this process's wall-clock and CPU seconds (all threads) to the JSON file ``path``
-  every ``every_s`` seconds and at the end: a killed run loses at most ``every_s`` of them."""
-  before = runs.read_json(path) if os.path.exists(path) else {"wall_s": 0.0, "cpu_s": 0.0}
+  every ``every_s`` seconds and at the end (a killed run loses at most ``every_s`` of them),
+  and the kind of device it ran on to the file's ``devices``."""
+  before = {"wall_s": 0.0, "cpu_s": 0.0, "devices": []}
+  before.update(runs.read_json(path) if os.path.exists(path) else {})
+  devices = sorted({*before["devices"], jax.devices()[0].device_kind})
   wall, cpu = time.perf_counter(), time.process_time()
   stop = threading.Event()
 
   def write():   # the thread's writes end (join) before the last one
     runs.write_json(path, {"wall_s": before["wall_s"] + time.perf_counter() - wall,
-                           "cpu_s": before["cpu_s"] + time.process_time() - cpu})
+                           "cpu_s": before["cpu_s"] + time.process_time() - cpu,
+                           "devices": devices})
 
   def loop():
     while not stop.wait(every_s):

@@ -358,10 +358,11 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
     path = os.path.join(workdir, job.name, "job_time.json")
     if os.path.exists(path):
       t = runs.read_json(path)
-      times.append(f"| {job.name} | {t['wall_s'] / 3600:.2f} | {t['cpu_s'] / 3600:.2f} |")
+      times.append(f"| {job.name} | {t['wall_s'] / 3600:.2f} | {t['cpu_s'] / 3600:.2f} | "
+                   f"{', '.join(t.get('devices', [])) or '-'} |")
       total = [total[0] + t["wall_s"], total[1] + t["cpu_s"]]
   if times:
-    times.append(f"| **total** | {total[0] / 3600:.2f} | {total[1] / 3600:.2f} |")
+    times.append(f"| **total** | {total[0] / 3600:.2f} | {total[1] / 3600:.2f} | |")
   lines = [f"# Reproduction of Kalibhat, Balaji & Feizi (AAAI 2021), scale `{scale}`", "",
            f"Command: `{command}`", "",
            "| claim | verdict |", "|---|---|"]
@@ -383,7 +384,10 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
     if s.rows:
       report.write_csv(s.rows, os.path.join(results_dir, f"claim{s.claim}.csv"))
     lines += [f"## {s.claim}. {s.title}: {s.verdict}", "", s.body, ""]
-  lines += ["## Compute", "", "| job | wall hours | CPU hours |", "|---|---:|---:|", *times, ""]
+  lines += ["## Compute", "", "Wall-clock and process CPU time of each job, summed over its "
+            "resumptions, and the devices it ran on ('-': not recorded, before 2026-11-28's "
+            "twelfth session; those ran on this 2-core CPU).", "",
+            "| job | wall hours | CPU hours | devices |", "|---|---:|---:|---|", *times, ""]
   page = "\n".join(lines)
   with open(os.path.join(results_dir, "README.md"), "w") as f:
     f.write(page)

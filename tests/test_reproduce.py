@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from lth_jax import families, reproduction, reproduction_report, runs, validation
@@ -104,6 +105,16 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   assert "Highest winning sparsity" in partial
 
 
+def test_unknown_jobs_are_refused_with_the_known_ones(tmp_path):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
+         "--claims=1", "--jobs=search_ae,search_nope", f"--workdir={tmp_path / 'runs'}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert "--jobs: ['search_nope'] are not jobs of claims [1]" in out.stderr
+  assert "those are: search_ae" in out.stderr and "Traceback" not in out.stderr
+  assert not (tmp_path / "runs").exists()
+
+
 def test_bad_claims_are_refused_with_one_line(tmp_path):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
          "--claims=1,9", f"--workdir={tmp_path / 'runs'}"]
@@ -126,6 +137,7 @@ def test_job_clock_writes_while_running_and_accumulates(tmp_path):
     time.sleep(0.05)
   total = runs.read_json(path)
   assert total["wall_s"] >= end["wall_s"] + 0.05 and total["cpu_s"] >= end["cpu_s"]
+  assert total["devices"] == [jax.devices()[0].device_kind]   # where the job ran
 
 
 def test_jobs_run_in_order_of_the_claims_their_family_serves():
