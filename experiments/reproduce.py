@@ -8,10 +8,9 @@ Each claim's jobs (lottery searches, transfers, early-bird runs, stability) run 
 ``--workdir/<job>``; an interrupted run continues where it stopped, and finished jobs are
 skipped, so running the command again trains nothing and rewrites the page. Several
 processes may run the command on one workdir at once and share its jobs; on a CPU machine one
-per core trains faster than one process on every core::
+per core trains faster than one process on every core, which ``--workers`` starts::
 
-  taskset -c 0 python experiments/reproduce.py --scale=cpu &
-  taskset -c 1 python experiments/reproduce.py --scale=cpu
+  python experiments/reproduce.py --scale=cpu --workers=2     # one process per core, pinned
 
 ``--jobs=search_sngan,search_wgan`` runs only the named jobs (e.g. on another machine, whose
 finished job directories are then copied into the workdir).
@@ -20,7 +19,9 @@ The claims, scales and jobs are in ``lth_jax.reproduction``; the tables and verd
 ``lth_jax.reproduction_report``.
 """
 import os
+import subprocess
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -34,6 +35,9 @@ _CLAIMS = flags.DEFINE_string("claims", ",".join(map(str, reproduction.CLAIMS)),
                               "Comma-separated claim numbers to run.")
 _JOBS = flags.DEFINE_list("jobs", [], "Run only these of the claims' jobs (names as in the "
                          "workdir, e.g. search_sngan); the page still covers every claim asked.")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Processes sharing the jobs, each pinned to its "
+                                "own CPU core where the OS allows (Linux): one per core trains "
+                                "faster on a CPU than one process on every core (BENCHMARKS.md).")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Runs go here (default: workdirs/reproduce_<scale>).")
 _RESULTS = flags.DEFINE_string("results_dir", "",
                                "Tables, plots and README.md (default: docs/results for cpu, "
@@ -54,6 +58,31 @@ def claims_from_flag(text: str) -> list[int]:
   return claims
 
 
+def without_workers(args: list[str]) -> list[str]:
+  """``args`` without ``--workers=N`` / ``--workers N`` (which changes no result)."""
+  kept, skip = [], False
+  for arg in args:
+    if not skip and not arg.startswith("--workers"):
+      kept.append(arg)
+    skip = arg == "--workers"
+  return kept
+
+
+def run_workers(count: int) -> None:
+  """Runs this command as ``count`` processes (``--workers=1`` each) pinned round-robin to the
+  CPU cores this process may use; each writes the page when every job is finished."""
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  argv = without_workers(sys.argv) + ["--workers=1"]
+  procs = []
+  for i in range(count):
+    pin = (lambda core=cores[i % len(cores)]: os.sched_setaffinity(0, {core})) if cores else None
+    procs.append(subprocess.Popen([sys.executable, *argv], preexec_fn=pin))
+    time.sleep(1.0)   # staggered starts: the first takes the first job before the next looks
+  codes = [p.wait() for p in procs]
+  if any(codes):
+    experiment_main.fail(f"--workers={count}: worker exit codes {codes} (their messages above)")
+
+
 def main(argv) -> None:
   del argv
   claims = claims_from_flag(_CLAIMS.value)
@@ -63,13 +92,6 @@ def main(argv) -> None:
   results = _RESULTS.value or {"cpu": os.path.join(root, "docs", "results"),
                                "gpu": os.path.join(root, "docs", "results", "gpu"),
                                "smoke": os.path.join(workdir, "results")}[scale]
-  experiment_main.maybe_initialize_distributed()
-  started = []
-
-  def announce(job: reproduction.Job) -> None:
-    started.append(job.name)
-    print(f"== {job.name} ({job.binary})", flush=True)
-
   jobs = reproduction.jobs_for(claims, scale)
   unknown = sorted(set(_JOBS.value) - {job.name for job in jobs})
   if unknown:
@@ -77,11 +99,23 @@ def main(argv) -> None:
                          f"{scale!r}; those are: {', '.join(job.name for job in jobs)}")
   if _JOBS.value:
     jobs = [job for job in jobs if job.name in _JOBS.value]
+  if _WORKERS.value < 1:
+    experiment_main.fail(f"--workers must be >= 1, got {_WORKERS.value}")
+  if _WORKERS.value > 1:
+    run_workers(_WORKERS.value)
+    return
+  experiment_main.maybe_initialize_distributed()
+  started = []
+
+  def announce(job: reproduction.Job) -> None:
+    started.append(job.name)
+    print(f"== {job.name} ({job.binary})", flush=True)
+
   try:
     reproduction.run_jobs(jobs, workdir, announce=announce)
   except experiment_main.USER_ERRORS as e:
     experiment_main.fail(f"{started[-1]}: {e}" if started else str(e))
-  command = "python experiments/reproduce.py " + " ".join(sys.argv[1:])
+  command = "python experiments/reproduce.py " + " ".join(without_workers(sys.argv[1:]))
   with reproduction.file_lock(os.path.join(workdir, "report.lock"), wait=True):
     page = reproduction_report.write(workdir, results, claims, scale, command)
   print(page)

@@ -82,8 +82,9 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   workdir, results = tmp_path / "runs", tmp_path / "results"
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
          "--claims=1", f"--workdir={workdir}", f"--results_dir={results}"]
-  out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  out = subprocess.run(cmd + ["--workers", "2"], capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.count("== search_ae (find_tickets)") == 1   # one worker ran it, one waited
   page = (results / "README.md").read_text()
   assert "| 1. Winning tickets by IMP with late resetting | **" in page
   assert "Highest winning sparsity" in page and "## Compute" in page
@@ -115,12 +116,14 @@ def test_unknown_jobs_are_refused_with_the_known_ones(tmp_path):
   assert not (tmp_path / "runs").exists()
 
 
-def test_bad_claims_are_refused_with_one_line(tmp_path):
+@pytest.mark.parametrize("flag, message", [("--claims=1,9", "unknown claim(s) [9]"),
+                                           ("--workers=0", "--workers must be >= 1, got 0")])
+def test_bad_claims_are_refused_with_one_line(tmp_path, flag, message):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
-         "--claims=1,9", f"--workdir={tmp_path / 'runs'}"]
+         flag, f"--workdir={tmp_path / 'runs'}"]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
-  assert "unknown claim(s) [9]" in out.stderr and "Traceback" not in out.stderr
+  assert message in out.stderr and "Traceback" not in out.stderr
   assert not (tmp_path / "runs").exists()
 
 
