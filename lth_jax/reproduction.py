@@ -368,7 +368,7 @@ def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job
   return True
 
 
-def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 60.0,
+def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 10.0,
              announce: Callable[[Job], None] = lambda job: None) -> None:
   """Runs ``jobs`` (:func:`jobs_for`'s order) until every one is finished, beside any other
   processes working on ``workdir``: the first job that is free (not locked by another process,
