@@ -19,6 +19,7 @@ CORE = [
     "tensorboardX>=2.6",
     "pillow>=10",
     "tqdm>=4.66",                     # progress bars (lth_jax.progress)
+    "filelock>=3.12",                 # reproduction workers share a workdir (job locks)
 ]
 
 setuptools.setup(
@@ -32,7 +33,7 @@ setuptools.setup(
     install_requires=CORE,
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scikit-learn>=1.4",
-                 "filelock>=3.12", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
         "bench": ["torch==2.13.0"],
         "notebook": ["jupyter", "ipywidgets"],
     },

@@ -21,10 +21,14 @@
 #   mkdir -p .device/classifiers && cp ~/.cache/lth_jax/classifiers/fmnist_clf-* .device/classifiers/
 # Each writes its log to $OUT (or ./gpu_session_out when $OUT is unset).
 set -euo pipefail
+case "${1:-}" in
+  1|2|3) ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh 1|2|3" >&2; exit 2 ;;
+esac
 out="${OUT:-gpu_session_out}"
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-case "${1:-}" in
+case "$1" in
   1)
     python benchmarks/accelerator.py --sections=5,1,2 --executions=sequential,batched \
       --formulations=xla,patches --steps=50 2>&1 | tee "$out/accelerator.txt"
@@ -51,9 +55,5 @@ case "${1:-}" in
     echo "finished: ${done_jobs:-none}" | tee -a "$out/reproduce.txt"
     [ -z "$done_jobs" ] || tar czf "$out/zoo_jobs.tgz" -C /tmp/repro --exclude=trained \
       --exclude=theta_0 --exclude=theta_k --exclude='checkpoints*' --exclude=job.lock $done_jobs
-    ;;
-  *)
-    echo "usage: bash benchmarks/gpu_session.sh 1|2|3" >&2
-    exit 2
     ;;
 esac

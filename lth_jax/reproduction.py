@@ -8,10 +8,10 @@ extended with SNIP/GraSP/SynFlow by claim 2 and with the one-shot branch by clai
 resumes and skips finished stages; a job whose ``job_done.json`` matches its config is not
 started at all, so a second run of the same command trains nothing.
 
-Several processes may run the same command on one workdir (one per CPU core, see
-``docs/results/README.md``): each job is locked by the process that runs it (``job.lock``, an
-advisory ``flock`` the kernel drops when its process dies), the others take the next job, and a
-``stability`` job waits for the search it reads. Jobs run in :func:`jobs_for`'s order: the
+Several processes may run the same command on one workdir (one per CPU core: ``reproduce.py
+--workers``): each job is locked by the process that runs it (``job.lock``, a ``filelock``
+lock, an ``flock`` on POSIX that the kernel drops when its process dies), the others take the
+next job, and a ``stability`` job waits for the search it reads. Jobs run in :func:`jobs_for`'s order: the
 families most claims rest on first.
 
 The families are the registered ones with a ``families.Reproduction`` (their IMP levels and
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import math
 import os
 import shutil
@@ -37,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import filelock
 import jax
 import ml_collections
 
@@ -323,17 +323,20 @@ def _job_clock(path: str, every_s: float = 60.0):
 
 @contextlib.contextmanager
 def file_lock(path: str, wait: bool = False):
-  """Yields whether this process holds the advisory lock ``path`` (created if absent); with
-  ``wait``, blocks until it does. The kernel releases it when the process ends, however it ends.
-  """
+  """Yields whether this process holds the advisory lock ``path`` (``filelock``: an ``flock`` on
+  POSIX, created if absent); with ``wait``, blocks until it does. The kernel releases it when the
+  process ends, however it ends."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "a") as handle:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-      yield False
-      return
+  lock = filelock.FileLock(path)
+  try:
+    lock.acquire(timeout=-1 if wait else 0)
+  except filelock.Timeout:
+    yield False
+    return
+  try:
     yield True
+  finally:
+    lock.release()
 
 
 def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job: None) -> bool:
