@@ -58,16 +58,20 @@ EB_SPARSITIES = (0.3, 0.5, 0.6, 0.75)
 # claims 1, 2 and 7 (None: every reproduced family) and ``merge_levels``: k of the paper's IMP
 # levels (20% each) done as one (1 - 0.8**k pruned per level, ceil(L / k) levels), so 'cpu'
 # trains every other sparsity of the paper's grid (36%, 59%, ... 98.8% for the AE's 20 levels),
-# half the trainings. IMP levels and config changes per family are the families'
-# (``Reproduction``); 'cpu' sizes: the narrowest models whose dense samples look like clothes
+# half the trainings, and ``checkpoint_every`` (None: the preset's): on 2 CPU cores 1000 steps
+# of a level's ~20 tickets take most of an hour, which a stopped session would lose. IMP levels
+# and config changes per family are the families' (``Reproduction``); 'cpu' sizes: the narrowest models whose dense samples look like clothes
 # (BUILD_NOTES "Reproduction" sizing facts).
 SCALE_SETTINGS = {
     "smoke": dict(preset="smoke", seeds=(0, 1), transfer_levels=1, rewind="2it",
-                  families=("ae",), eb_sparsities=(0.5,), merge_levels=1),
+                  families=("ae",), eb_sparsities=(0.5,), merge_levels=1,
+                  checkpoint_every=None),
     "cpu": dict(preset="default", seeds=(0, 1, 2), transfer_levels=10, rewind="2%",
-                families=None, eb_sparsities=EB_SPARSITIES, merge_levels=2),
+                families=None, eb_sparsities=EB_SPARSITIES, merge_levels=2,
+                checkpoint_every=250),
     "gpu": dict(preset="paper", seeds=(0, 1, 2, 3, 4), transfer_levels=10, rewind="2%",
-                families=None, eb_sparsities=EB_SPARSITIES, merge_levels=1),
+                families=None, eb_sparsities=EB_SPARSITIES, merge_levels=1,
+                checkpoint_every=None),
 }
 PAPER_RATE = 0.2   # the paper's IMP rate: 20% of the remaining weights per level
 # Why each scale is cut from the paper as it is (printed on the results page).
@@ -119,6 +123,8 @@ def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
   config.lottery.rate = 1 - (1 - PAPER_RATE) ** settings["merge_levels"]
   config.lottery.levels = scaled_levels(plan.levels[scale], scale)
   config.update_from_flattened_dict(dict(plan.overrides.get(scale, {})))
+  if settings["checkpoint_every"]:
+    config.train.checkpoint_every = settings["checkpoint_every"]
   config.lottery.rewind_step = _rewind(settings["rewind"], config.train.steps)  # late resetting
   return config
 
@@ -272,7 +278,8 @@ def _trained_levels(lottery: dict) -> dict[str, set[int]]:
 def covers(done: dict, wanted: dict) -> bool:
   """Whether a job finished with config ``done`` trained everything config ``wanted`` asks for:
   the same config, except that a search may have had more levels, branches or branch levels (a
-  search grown for claim 2 also finished claim 1's)."""
+  search grown for claim 2 also finished claim 1's), and for ``runs.CADENCE_FIELDS``."""
+  done, wanted = runs.without_cadence(done), runs.without_cadence(wanted)
   if done == wanted:
     return True
   extendable = [k.split(".")[1] for k in lottery.EXTENDABLE]

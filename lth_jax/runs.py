@@ -84,6 +84,20 @@ class WorkdirConflictError(ValueError):
   """The workdir holds a run of a different config."""
 
 
+# Fields that change how often a run is saved or logged, never what it trains: a resumed run
+# may change them (its later calls then follow the new checkpoint cadence).
+CADENCE_FIELDS = ("train.checkpoint_every", "train.log_every")
+
+
+def without_cadence(config: dict) -> dict:
+  """A ``config_to_dict`` dict without :data:`CADENCE_FIELDS` (for comparing what trains)."""
+  config = json.loads(json.dumps(config))
+  for field in CADENCE_FIELDS:
+    section, name = field.split(".")
+    config.get(section, {}).pop(name, None)
+  return config
+
+
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
@@ -102,7 +116,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *,
 
   Args:
     extendable: fields (e.g. ``'lottery.levels'``) that may differ from the saved config: the
-      run extends the finished work, and ``config.json`` becomes the new config.
+      run extends the finished work, and ``config.json`` becomes the new config. The
+      :data:`CADENCE_FIELDS` may always differ.
 
   Raises:
     WorkdirConflictError: naming the fields that differ.
@@ -111,7 +126,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *,
   current = config_to_dict(config)
   if os.path.exists(path):
     diff = sorted(_diff_keys(read_json(path), current))
-    conflicts = [d for d in diff if d not in extendable]
+    conflicts = [d for d in diff if d not in extendable and d not in CADENCE_FIELDS]
     if conflicts:
       raise WorkdirConflictError(
           f"workdir {workdir!r} holds a run of a different config (differs in: "

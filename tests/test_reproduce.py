@@ -214,6 +214,8 @@ def test_a_grown_search_covers_the_smaller_configs_it_finished():
   assert reproduction.covers(small, fewer_levels) and not reproduction.covers(fewer_levels, small)
   other = {**small, "train": {**small["train"], "steps": small["train"]["steps"] + 1}}
   assert not reproduction.covers(other, small) and not reproduction.covers(small, other)
+  cadence = {**small, "train": {**small["train"], "checkpoint_every": 7, "log_every": 7}}
+  assert reproduction.covers(cadence, small) and reproduction.covers(small, cadence)
 
 
 def test_early_bird_jobs_share_the_first_sparsitys_dense_runs(tmp_path, monkeypatch):

@@ -58,6 +58,15 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     runs.prepare_workdir(str(tmp_path), other)
 
 
+def test_a_resumed_run_may_change_its_checkpoint_cadence(tmp_path):
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  runs.prepare_workdir(str(tmp_path), config)
+  config.train.update(checkpoint_every=2, log_every=1)
+  runs.prepare_workdir(str(tmp_path), config)          # no conflict: the saved config follows
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["train"]["checkpoint_every"] == 2
+
+
 def test_binary_with_overrides(tmp_path):
   workdir = tmp_path / "bin"
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
