@@ -336,6 +336,20 @@ def claim7(workdir: str, results_dir: str) -> Section:
 SECTIONS = {1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: claim7}
 
 
+def progress(job: reproduction.Job, workdir: str) -> str:
+  """How far an unfinished job got: a search's finished levels, else whether it started."""
+  path = os.path.join(workdir, job.name)
+  if not os.path.isdir(path):
+    return "not started"
+  if job.binary != "find_tickets":
+    return "started"
+  done = [level for level in range(job.config.lottery.levels + 1)
+          if os.path.exists(os.path.join(path, f"level_{level:02d}", "done.json"))]
+  if 0 not in done:
+    return "dense models training"
+  return f"{len(done) - 1} of {job.config.lottery.levels} levels done"
+
+
 def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
           command: str) -> str:
   """Writes ``claim<N>.csv``, plots and ``README.md`` into ``results_dir``; returns the page."""
@@ -344,11 +358,12 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
   for c in claims:
     section = SECTIONS[c](workdir, results_dir)
     jobs = reproduction.jobs_for([c], scale)
-    unfinished = [j.name for j in jobs if not reproduction.job_finished(j, workdir)]
+    unfinished = [j for j in jobs if not reproduction.job_finished(j, workdir)]
     if unfinished:
+      listed = ", ".join(f"{j.name} ({progress(j, workdir)})" for j in unfinished)
       section = section._replace(
           verdict=f"no verdict yet ({len(unfinished)} of {len(jobs)} jobs unfinished)",
-          body=f"Unfinished: {', '.join(unfinished)}.\n\n" + (
+          body=f"Unfinished: {listed}.\n\n" + (
               section.body if section.rows else "Nothing has run yet."))
     elif not section.rows:
       section = section._replace(body="Not run yet.")

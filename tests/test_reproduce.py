@@ -102,7 +102,8 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   (workdir / "search_ae" / "job_done.json").unlink()
   partial = reproduction_report.write(str(workdir), str(tmp_path / "partial"), [1], "smoke", "")
   assert "| 1. Winning tickets by IMP with late resetting | **no verdict yet (1 of 1 jobs " \
-         "unfinished)** |" in partial and "Unfinished: search_ae." in partial
+         "unfinished)** |" in partial
+  assert "Unfinished: search_ae (1 of 1 levels done)." in partial
   assert "Highest winning sparsity" in partial
 
 
@@ -200,6 +201,20 @@ def test_claim1_repeats_its_table_in_kid_for_families_that_have_it():
   assert "Winning levels by KID: [1]." in page
   no_kid = [{k: v for k, v in r.items() if k != "kid_fmnist_clf"} for r in rows]
   assert reproduction_report._kid_check(no_kid) == ""   # pylint: disable=protected-access
+
+
+def test_progress_of_unfinished_jobs(tmp_path):
+  jobs = {j.name: j for j in reproduction.jobs_for([1, 5], "cpu")}
+  search, transfer = jobs["search_vae"], jobs["transfer_vae_to_gan"]
+  assert reproduction_report.progress(search, str(tmp_path)) == "not started"
+  (tmp_path / "search_vae" / "level_00").mkdir(parents=True)
+  assert reproduction_report.progress(search, str(tmp_path)) == "dense models training"
+  for level in (0, 1, 2):
+    (tmp_path / "search_vae" / f"level_{level:02d}").mkdir(exist_ok=True)
+    (tmp_path / "search_vae" / f"level_{level:02d}" / "done.json").write_text("[]")
+  assert reproduction_report.progress(search, str(tmp_path)) == "2 of 6 levels done"
+  (tmp_path / "transfer_vae_to_gan").mkdir()
+  assert reproduction_report.progress(transfer, str(tmp_path)) == "started"
 
 
 def test_a_grown_search_covers_the_smaller_configs_it_finished():
