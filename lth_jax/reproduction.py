@@ -269,7 +269,7 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
   return sorted(merged.values(), key=key)
 
 
-def _trained_levels(lottery: dict) -> dict[str, set[int]]:
+def trained_levels(lottery: dict) -> dict[str, set[int]]:
   """``{branch: levels it trains}`` of a search's ``lottery`` config section."""
   only = validation.branch_levels(ml_collections.ConfigDict({"branch_levels": "", **lottery}))
   return {b: set(only.get(b, range(1, lottery["levels"] + 1))) for b in lottery["branches"]}
@@ -287,7 +287,7 @@ def covers(done: dict, wanted: dict) -> bool:
                                      if k not in extendable}}
   if "lottery" not in done or rest(done) != rest(wanted):
     return False
-  have, need = _trained_levels(done["lottery"]), _trained_levels(wanted["lottery"])
+  have, need = trained_levels(done["lottery"]), trained_levels(wanted["lottery"])
   return all(b in have and levels <= have[b] for b, levels in need.items())
 
 

@@ -337,17 +337,28 @@ SECTIONS = {1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7:
 
 
 def progress(job: reproduction.Job, workdir: str) -> str:
-  """How far an unfinished job got: a search's finished levels, else whether it started."""
+  """How far an unfinished job got: a search's levels that hold all its runs (a search grown
+  for more claims has levels to finish again), else whether it started."""
   path = os.path.join(workdir, job.name)
   if not os.path.isdir(path):
     return "not started"
   if job.binary != "find_tickets":
     return "started"
-  done = [level for level in range(job.config.lottery.levels + 1)
-          if os.path.exists(os.path.join(path, f"level_{level:02d}", "done.json"))]
-  if 0 not in done:
+  config = runs.config_to_dict(job.config)
+  trains = reproduction.trained_levels(config["lottery"])
+  seeds = set(config["tickets"]["seeds"])
+
+  def finished(level: int) -> bool:   # done.json holds every run the job trains there
+    path_done = os.path.join(path, f"level_{level:02d}", "done.json")
+    want = {b for b, levels in trains.items() if level in levels} if level else {"dense"}
+    have = {(r["branch"], r["seed"]) for r in runs.read_json(path_done)} \
+        if os.path.exists(path_done) else set()
+    return {(b, s) for b in want for s in seeds} <= have
+
+  if not finished(0):
     return "dense models training"
-  return f"{len(done) - 1} of {job.config.lottery.levels} levels done"
+  levels = job.config.lottery.levels
+  return f"{sum(finished(level) for level in range(1, levels + 1))} of {levels} levels done"
 
 
 def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,

@@ -209,9 +209,13 @@ def test_progress_of_unfinished_jobs(tmp_path):
   assert reproduction_report.progress(search, str(tmp_path)) == "not started"
   (tmp_path / "search_vae" / "level_00").mkdir(parents=True)
   assert reproduction_report.progress(search, str(tmp_path)) == "dense models training"
-  for level in (0, 1, 2):
+  seeds = search.config.tickets.seeds
+  for level, branches in ((0, ["dense"]), (1, reproduction.CLAIM_BRANCHES),
+                          (2, reproduction.CLAIM_BRANCHES), (3, ["ticket"])):
     (tmp_path / "search_vae" / f"level_{level:02d}").mkdir(exist_ok=True)
-    (tmp_path / "search_vae" / f"level_{level:02d}" / "done.json").write_text("[]")
+    runs.write_json(str(tmp_path / "search_vae" / f"level_{level:02d}" / "done.json"),
+                    [{"branch": b, "seed": s} for b in branches for s in seeds])
+  # Level 3 lacks the random tickets: not done.
   assert reproduction_report.progress(search, str(tmp_path)) == "2 of 6 levels done"
   (tmp_path / "transfer_vae_to_gan").mkdir()
   assert reproduction_report.progress(transfer, str(tmp_path)) == "started"
