@@ -104,14 +104,15 @@ class Job:
   Attributes:
     source: a job that must finish first: the search a ``stability`` job reads, or the job whose
       outputs ``reuse`` names.
-    reuse: files or directories of ``source``'s workdir copied into this job's before it runs
-      (the finished runs the two jobs share, which the driver then skips).
+    reuse: ``(there, here)`` pairs: the file or directory ``there`` of ``source``'s workdir is
+      copied to ``here`` in this job's before it runs (the finished runs the two jobs share,
+      which the driver then skips; a copied run of another config is refused by the driver).
   """
   name: str
   binary: str
   config: ml_collections.ConfigDict
   source: str = ""
-  reuse: tuple[str, ...] = ()
+  reuse: tuple[tuple[str, str], ...] = ()
 
 
 def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
@@ -197,20 +198,36 @@ def _claim4(scale):
 
 
 def _claim5(scale):
-  """One transfer job per direction between claim-5 families. Both sides train the longer of
-  the two families' step counts at this scale (the transfer trains the target with the
-  source's budget, and a DCGAN target at the β-VAE's 2000 cpu-scale steps is too weak a GAN)."""
-  jobs = []
+  """One transfer job per direction between claim-5 families, both directions of a pair on one
+  recipe, so that each family's searches train once. The recipe is the first direction's
+  source family's (the β-VAE's: its z_dim, which the authors' decoder and generator share, and
+  batch size) with the longer of the two step counts (the transfer trains the target with the
+  source's budget, and a DCGAN target at the β-VAE's 2000 cpu-scale steps is too weak a GAN).
+  The second direction copies the first's finished searches: its source search is the first's
+  target search (which also trained the random tickets), its target search the first's source
+  search, to which it adds the random tickets."""
+  jobs, first_of = [], {}
   for direction, (source, target) in configs.TRANSFER_DIRECTIONS.items():
     if source not in claim_families(5) or target not in claim_families(5):
       continue
+    pair = frozenset((source, target))
+    recipe = base_config(jobs[first_of[pair]].config.family if pair in first_of else source,
+                         scale)
     config = base_config(source, scale)
+    config.model.z_dim = recipe.model.z_dim
+    config.train.batch_size = recipe.train.batch_size
     config.train.steps = max(config.train.steps, base_config(target, scale).train.steps)
     config.lottery.rewind_step = _rewind(SCALE_SETTINGS[scale]["rewind"], config.train.steps)
     config.lottery.levels = scaled_levels(SCALE_SETTINGS[scale]["transfer_levels"], scale)
     config.lottery.branches = CLAIM_BRANCHES
     config.transfer.direction = direction
-    jobs.append(Job(f"transfer_{direction}", "transfer", configs.for_binary(config, "transfer")))
+    job = Job(f"transfer_{direction}", "transfer", configs.for_binary(config, "transfer"))
+    if pair in first_of:
+      job.source = jobs[first_of[pair]].name
+      job.reuse = (("target", "source"), ("source", "target"))
+    else:
+      first_of[pair] = len(jobs)
+    jobs.append(job)
   return jobs
 
 
@@ -224,7 +241,8 @@ def _claim6(scale):
       config = base_config(family, scale)
       config.early_bird.update(sparsity=sparsity, scratch_baseline=True, dense_baseline=True)
       name = f"early_bird_{family}_{sparsity:g}"
-      dense = tuple(f"dense_seed{s}" for s in config.tickets.seeds) + ("samples_dense.png",)
+      dense = tuple((d, d) for d in [f"dense_seed{s}" for s in config.tickets.seeds]
+                    + ["samples_dense.png"])
       jobs.append(Job(name, "early_bird", configs.for_binary(config, "early_bird"),
                       source=first, reuse=dense if first else ()))
       first = first or name
@@ -363,8 +381,8 @@ def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job
     if job_finished(job, workdir):    # finished by the process that held the lock before
       return True
     announce(job)
-    for item in job.reuse:
-      here, there = os.path.join(path, item), os.path.join(workdir, job.source, item)
+    for there, here in job.reuse:
+      here, there = os.path.join(path, here), os.path.join(workdir, job.source, there)
       if os.path.exists(there) and not os.path.exists(here):
         (shutil.copytree if os.path.isdir(there) else shutil.copyfile)(there, here)
     drivers = {"find_tickets": lottery.run, "transfer": transfer.run,

@@ -254,7 +254,11 @@ def claim5(workdir: str, results_dir: str) -> Section:
         continue
       holds.append(moved[metric + "_mean"] <= own[metric + "_mean"] + own[metric + "_std"]
                    and all(moved[metric + "_mean"] < r[metric + "_mean"] for r in rivals))
-    body.append(f"### {direction} (`{metric}`, in the target family)\n\n{table}\n")
+    config = runs.read_json(os.path.join(os.path.dirname(path), "config.json"))
+    recipe = (f"Both sides: z_dim {config['model']['z_dim']}, {config['train']['steps']} steps, "
+              f"batch {config['train']['batch_size']} (one recipe for both directions, so the "
+              "second copies the first's searches).")
+    body.append(f"### {direction} (`{metric}`, in the target family)\n\n{recipe}\n\n{table}\n")
   return Section(5, reproduction.CLAIMS[5][0], verdict(holds), "\n".join(body), csv)
 
 

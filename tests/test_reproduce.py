@@ -244,7 +244,8 @@ def test_early_bird_jobs_share_the_first_sparsitys_dense_runs(tmp_path, monkeypa
   assert not first.source and not first.reuse and rest
   for job in rest:
     assert job.source == first.name
-    assert set(job.reuse) == {"dense_seed0", "dense_seed1", "dense_seed2", "samples_dense.png"}
+    assert set(job.reuse) == {(d, d) for d in ("dense_seed0", "dense_seed1", "dense_seed2",
+                                               "samples_dense.png")}
   seen = []
   monkeypatch.setattr(early_bird, "run", lambda cfg, path: seen.append(sorted(os.listdir(path))))
   (tmp_path / first.name / "dense_seed0").mkdir(parents=True)
@@ -263,6 +264,23 @@ def test_transfer_jobs_train_both_sides_at_the_longer_budget():
                   for f in (source.family, target.family))
     assert source.train.steps == target.train.steps == longest
     assert source.lottery.rewind_step == f"{round(0.02 * longest)}it"
+
+
+@pytest.mark.parametrize("scale", reproduction.SCALES)
+def test_the_second_transfer_direction_copies_searches_of_its_own_configs(scale):
+  """vae_to_gan trains the β-VAE's ticket search and the DCGAN's search with the random tickets;
+  gan_to_vae copies them as its source and target: they must be exactly its own searches but
+  for the branches (the target search then adds the random tickets)."""
+  from lth_jax import transfer   # pylint: disable=g-import-not-at-top
+  first, second = reproduction.jobs_for([5], scale)
+  assert not first.reuse and second.source == first.name
+  assert dict(second.reuse) == {"target": "source", "source": "target"}
+  a_source, a_target = transfer.derive_configs(first.config)
+  b_source, b_target = transfer.derive_configs(second.config)
+  for there, here in ((a_target, b_source), (a_source, b_target)):
+    assert sorted(runs._diff_keys(runs.config_to_dict(there),   # pylint: disable=protected-access
+                                  runs.config_to_dict(here))) == ["lottery.branches"]
+  assert tuple(b_target.lottery.branches) == reproduction.CLAIM_BRANCHES
 
 
 @pytest.mark.parametrize("unstable_winner, expected", [(False, "held"), (True, "did not hold")])
