@@ -98,7 +98,14 @@ def main(argv) -> None:
     experiment_main.fail(f"--jobs: {unknown} are not jobs of claims {claims} at scale "
                          f"{scale!r}; those are: {', '.join(job.name for job in jobs)}")
   if _JOBS.value:
+    every = {job.name: job for job in jobs}
     jobs = [job for job in jobs if job.name in _JOBS.value]
+    blocked = {job.name: job.source for job in jobs if job.source and job.source not in
+               _JOBS.value and not reproduction.job_finished(every[job.source], workdir)}
+    if blocked:
+      experiment_main.fail(
+          f"--jobs: {sorted(blocked)} need {sorted(set(blocked.values()))} finished first "
+          f"(not finished in {workdir}); add them to --jobs")
   if _WORKERS.value < 1:
     experiment_main.fail(f"--workers must be >= 1, got {_WORKERS.value}")
   if _WORKERS.value > 1:

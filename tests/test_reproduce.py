@@ -118,7 +118,9 @@ def test_unknown_jobs_are_refused_with_the_known_ones(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [("--claims=1,9", "unknown claim(s) [9]"),
-                                           ("--workers=0", "--workers must be >= 1, got 0")])
+                                           ("--workers=0", "--workers must be >= 1, got 0"),
+                                           ("--jobs=stability_ae", "--jobs: ['stability_ae'] "
+                                            "need ['search_ae'] finished first")])
 def test_bad_claims_are_refused_with_one_line(tmp_path, flag, message):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
          flag, f"--workdir={tmp_path / 'runs'}"]
