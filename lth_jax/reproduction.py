@@ -11,8 +11,8 @@ started at all, so a second run of the same command trains nothing.
 Several processes may run the same command on one workdir (one per CPU core: ``reproduce.py
 --workers``): each job is locked by the process that runs it (``job.lock``, a ``filelock``
 lock, an ``flock`` on POSIX that the kernel drops when its process dies), the others take the
-next job, and a ``stability`` job waits for the search it reads. Jobs run in :func:`jobs_for`'s order: the
-families most claims rest on first.
+next job, and a ``stability`` job waits for the search it reads. Jobs run in
+:func:`jobs_for`'s order: the families most claims rest on first.
 
 The families are the registered ones with a ``families.Reproduction`` (their IMP levels and
 config changes per scale, and the claims they take part in; :func:`claim_families`).
@@ -60,8 +60,8 @@ EB_SPARSITIES = (0.3, 0.5, 0.6, 0.75)
 # trains every other sparsity of the paper's grid (36%, 59%, ... 98.8% for the AE's 20 levels),
 # half the trainings, and ``checkpoint_every`` (None: the preset's): on 2 CPU cores 1000 steps
 # of a level's ~20 tickets take most of an hour, which a stopped session would lose. IMP levels
-# and config changes per family are the families' (``Reproduction``); 'cpu' sizes: the narrowest models whose dense samples look like clothes
-# (BUILD_NOTES "Reproduction" sizing facts).
+# and config changes per family are the families' (``Reproduction``); 'cpu' sizes: the narrowest
+# models whose dense samples look like clothes (BUILD_NOTES "Reproduction" sizing facts).
 SCALE_SETTINGS = {
     "smoke": dict(preset="smoke", seeds=(0, 1), transfer_levels=1, rewind="2it",
                   families=("ae",), eb_sparsities=(0.5,), merge_levels=1,

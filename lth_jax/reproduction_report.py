@@ -11,8 +11,8 @@ Rules (stated again on the page):
 * A claim **held** when its comparison holds at every compared point, **partly held** at some,
   **did not hold** at none (claim 6's points are the families: one holds when both of Table 2's
   targets meet at some channel sparsity; claim 7's too: one holds when its winning levels are
-  the more stable, and is **undecided** when all its levels win or none). A claim with an unfinished job gets **no verdict
-  yet**: its tables show what has run so far.
+  the more stable, and is **undecided** when all its levels win or none). A claim with an
+  unfinished job gets **no verdict yet**: its tables show what has run so far.
 """
 
 from __future__ import annotations

@@ -295,7 +295,8 @@ def test_claim7_holds_when_the_winning_levels_are_the_stable_ones(tmp_path, monk
               (1, "random_pruning", 1.3), (2, "ticket", 1.5), (2, "random_reinit", 1.4),
               (2, "random_pruning", 1.6))]
   monkeypatch.setattr(reproduction_report, "search_rows",
-                      lambda workdir, name: (rows, "recon_mse") if name == "search_ae" else ([], ""))
+                      lambda workdir, name: ((rows, "recon_mse") if name == "search_ae"
+                                             else ([], "")))
   barrier = {1: 0.5 if unstable_winner else 0.1, 2: 0.3}
   points = [{"level": lv, "seed": s, "alpha": a, "instability": barrier[lv] + 0.01 * s}
             for lv in (1, 2) for s in (0, 1) for a in (0.0, 0.5)]
