@@ -206,13 +206,12 @@ def _claim5(scale):
   The second direction copies the first's finished searches: its source search is the first's
   target search (which also trained the random tickets), its target search the first's source
   search, to which it adds the random tickets."""
-  jobs, first_of = [], {}
+  jobs, first_of = [], {}     # first_of: pair of families -> the pair's first job
   for direction, (source, target) in configs.TRANSFER_DIRECTIONS.items():
     if source not in claim_families(5) or target not in claim_families(5):
       continue
-    pair = frozenset((source, target))
-    recipe = base_config(jobs[first_of[pair]].config.family if pair in first_of else source,
-                         scale)
+    first = first_of.get(frozenset((source, target)))
+    recipe = base_config(first.config.family if first else source, scale)
     config = base_config(source, scale)
     config.model.z_dim = recipe.model.z_dim
     config.train.batch_size = recipe.train.batch_size
@@ -222,11 +221,10 @@ def _claim5(scale):
     config.lottery.branches = CLAIM_BRANCHES
     config.transfer.direction = direction
     job = Job(f"transfer_{direction}", "transfer", configs.for_binary(config, "transfer"))
-    if pair in first_of:
-      job.source = jobs[first_of[pair]].name
-      job.reuse = (("target", "source"), ("source", "target"))
+    if first:
+      job.source, job.reuse = first.name, (("target", "source"), ("source", "target"))
     else:
-      first_of[pair] = len(jobs)
+      first_of[frozenset((source, target))] = job
     jobs.append(job)
   return jobs
 
