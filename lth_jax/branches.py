@@ -18,9 +18,10 @@ magnitude to the ticket's sparsity in one round, rewound to θ_k: iterative vs o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import ml_collections
@@ -34,19 +35,33 @@ from lth_jax import steps as steps_lib
 PyTree = Any
 
 
-class LevelInputs(NamedTuple):
-  """What a branch may use to start its run at one level of one seed."""
+@dataclasses.dataclass(frozen=True)
+class LevelInputs:
+  """What a branch may use to start its run at one level of one seed.
+
+  ``theta_0`` and ``dense_trained`` are read from disk the first time a branch asks for them
+  (most branches never do: a load costs ~0.2 s of Orbax per state on CPU).
+  """
   config: ml_collections.ConfigDict
   family: steps_lib.Family
   level: int
-  theta_0: steps_lib.TrainState    # the dense run's initial state
   theta_k: steps_lib.TrainState    # the dense run's state at the rewind step k
   dense: PyTree                    # all-kept masks of the prunable leaves
   ticket: PyTree                   # this level's IMP mask
   sparsity: float                  # the ticket's global sparsity (share of prunable pruned)
   images: jax.Array                # uint8 [N, H, W, C] training images
   key: Callable[[str], jax.Array]  # key(stream): the seed's stream, folded with the level
-  dense_trained: steps_lib.TrainState   # the dense run's trained state (level 0)
+  load: Callable[[str], steps_lib.TrainState]   # load('theta_0' | 'dense_trained')
+
+  @functools.cached_property
+  def theta_0(self) -> steps_lib.TrainState:
+    """The dense run's initial state."""
+    return self.load("theta_0")
+
+  @functools.cached_property
+  def dense_trained(self) -> steps_lib.TrainState:
+    """The dense run's trained state (level 0)."""
+    return self.load("dense_trained")
 
 
 Branch = Callable[[LevelInputs], tuple[steps_lib.TrainState, PyTree]]

@@ -53,6 +53,7 @@ from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import report
 from lth_jax import runs
+from lth_jax import steps as steps_lib
 from lth_jax import validation
 
 PyTree = Any
@@ -153,19 +154,23 @@ class _Search:
     prev_dir = self.run_dir(level - 1, "dense" if level == 1 else "ticket", seed)
     prev_trained = self.ctx.load_state(os.path.join(prev_dir, "trained"))
     dense_dir = self.run_dir(0, "dense", seed)
-    theta_0 = self.ctx.load_state(os.path.join(dense_dir, "theta_0"))
     theta_k = self.ctx.load_state(os.path.join(dense_dir, "theta_k"))
-    dense_trained = (prev_trained if level == 1
-                     else self.ctx.load_state(os.path.join(dense_dir, "trained")))
-    dense = self.ctx.dense_masks(theta_0.params)
+    dense = self.ctx.dense_masks(theta_k.params)
     prev_masks = masks_lib.load(os.path.join(prev_dir, "masks.npz"), like=dense)
     ticket = pruning.magnitude(prev_trained.params, prev_masks, self.config.lottery.rate,
                                scope=self.config.prune.scope)
     keys = self.keys[seed]
+
+    def load(name: str) -> steps_lib.TrainState:
+      if name == "dense_trained" and level == 1:
+        return prev_trained
+      return self.ctx.load_state(os.path.join(dense_dir, {"theta_0": "theta_0",
+                                                          "dense_trained": "trained"}[name]))
+
     return branches.LevelInputs(
-        self.config, self.family, level, theta_0, theta_k, dense, ticket,
+        self.config, self.family, level, theta_k, dense, ticket,
         float(masks_lib.sparsity(ticket)), self.ctx.train_split.images,
-        lambda name: jax.random.fold_in(keys[name], level), dense_trained)
+        lambda name: jax.random.fold_in(keys[name], level), load)
 
 
 def write_reports(workdir: str, rows: list[dict], metric: str) -> str:

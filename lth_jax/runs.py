@@ -46,6 +46,7 @@ from lth_jax import report
 from lth_jax import steps as steps_lib
 
 PyTree = Any
+GROUP_KEY = "stacked"   # a group checkpoint: {GROUP_KEY: every ticket's state, stacked}
 # Independent random streams of one seed (split once); 'scratch' is folded from 'init'.
 SEED_STREAMS = ("init", "run", "reinit", "random_pruning", "score")
 
@@ -252,10 +253,10 @@ class Context:
     return checkpointing.load_tree(path, like=self._like(like or self.state_shape))
 
   def save_state(self, path: str, state: PyTree, *, overwrite: bool = False) -> None:
-    """Saves one state (collective in a multi-process run: every process calls it with the
-    same state; process 0 writes)."""
-    checkpointing.save_tree(path, jax.device_get(state) if self.multiprocess else state,
-                            overwrite=overwrite)
+    """Saves one state, from the host: Orbax writes NumPy arrays in half the time of device
+    arrays, and refuses process-local ones. Collective in a multi-process run: every process
+    calls it with the same state; process 0 writes."""
+    checkpointing.save_tree(path, jax.device_get(state), overwrite=overwrite)
 
   # ------------------------------------------------------------------------------- train
   def train(self, tickets: Sequence[Ticket], *, until_step: int, checkpoint_dir: str,
@@ -272,13 +273,14 @@ class Context:
     cfg = self.config.train
     with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
       if manager.latest_step() is not None:
-        states = manager.restore(like=self._like({"tickets": states}))[0]["tickets"]
+        states = self._restore_group(manager, states)
         logging.info("%sresuming %d tickets at step %d", label, len(states),
                      int(states[0].step))
 
       def save(step, current):
         if step not in manager.all_steps():
-          manager.save(step, {"tickets": current}, force=True)
+          stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(list(current)))
+          manager.save(step, {GROUP_KEY: stacked}, force=True)
 
       first = int(states[0].step)
       last_log = [first]
@@ -297,6 +299,22 @@ class Context:
             states, [t.masks for t in tickets], self.train_split.images,
             [t.run_key for t in tickets], until_step=until_step, on_boundary=save,
             boundary_every=cfg.checkpoint_every, on_chunk=on_chunk)
+
+  def _restore_group(self, manager: checkpointing.Manager, states: Sequence[PyTree]
+                     ) -> list[PyTree]:
+    """The newest group checkpoint, as one NumPy state per ticket (``states``: their shapes).
+
+    A group is saved as one tree, every ticket stacked on a leading axis: Orbax's cost grows
+    with the number of arrays (measured ~3 ms per array per save on CPU: 1.5 s for six AE
+    tickets saved one tree each, 0.3 s stacked). Checkpoints written before 2026-11-29 hold
+    ``{'tickets': [state, ...]}`` instead, and are still resumed.
+    """
+    shapes = jax.eval_shape(lambda s: s, states[0])
+    like = jax.tree.map(lambda x: np.empty((len(states), *x.shape), x.dtype), shapes)
+    try:
+      return parallel.unstack(manager.restore(like={GROUP_KEY: like})[0][GROUP_KEY])
+    except ValueError:   # the layout of one tree per ticket
+      return manager.restore(like=self._like({"tickets": list(states)}))[0]["tickets"]
 
   # ------------------------------------------------------------------------------ finish
   def finish(self, stage_dir: str, tickets: Sequence[Ticket], states: Sequence, *,
@@ -358,14 +376,14 @@ class Context:
       columns: ``(ticket, state, timing) -> extra row columns``; ``timing`` covers building
         and training the group.
       done_file: written (process 0) with every row once the stage is complete.
-
-    A group's in-stage checkpoints are deleted once its runs' outputs are written (at paper
-    widths they are GBs per search level, and nothing reads them again).
       grid: a PNG path for the first trained ticket's samples (process 0).
       finish_kwargs: passed to :meth:`finish`.
 
     Returns:
       The rows of every ticket of ``names``, in order.
+
+    A group's in-stage checkpoints are deleted once its runs' outputs are written (at paper
+    widths they are GBs per search level, and nothing reads them again).
     """
     todo = self.pending(stage_dir, names)
     if todo:

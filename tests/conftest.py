@@ -1,7 +1,9 @@
 """Shared test setup: an isolated cache for feature classifiers; real Fashion-MNIST required."""
 import os
 import pathlib
+from collections.abc import Callable
 
+import filelock
 import pytest
 
 from lth_jax import data
@@ -29,6 +31,25 @@ def checkpoint_saved(checkpoints: pathlib.Path) -> bool:
   return checkpoints.is_dir() and any(
       name.isdigit() for group in checkpoints.iterdir() if group.is_dir()
       for name in os.listdir(group))
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[pathlib.Path], None]
+               ) -> pathlib.Path:
+  """``<run's base temp>/<name>/``, filled by ``build(directory)`` once per test run.
+
+  A module fixture runs once in every xdist worker that gets one of the module's tests; this
+  runs ``build`` in the first worker to get here, while the others wait on a file lock and then
+  read what it wrote. Tests must treat the directory as read-only (copy what they change).
+  """
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  directory = shared / name
+  with filelock.FileLock(str(shared / f"{name}.lock")):
+    if not (directory / ".built").exists():
+      directory.mkdir(exist_ok=True)
+      build(directory)
+      (directory / ".built").touch()
+  return directory
 
 
 # XLA CPU's older fusion emitters: 3x faster compiles, but a ticket's step compiled inside the

@@ -19,7 +19,6 @@ import subprocess
 import sys
 
 import chex
-import filelock
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +26,7 @@ import pytest
 
 from lth_jax import checkpointing, configs, experiment_main, lottery, masks, parallel, pruning
 from lth_jax import steps
-from tests.conftest import LEGACY_EMITTERS, fmnist_available, needs_fmnist
+from tests.conftest import LEGACY_EMITTERS, built_once, fmnist_available, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
@@ -243,24 +242,20 @@ def _start_workers(tmp) -> dict[str, subprocess.Popen]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """The workers' results, computed once per test run: the first xdist worker to get here runs
-  the workers (each xdist worker would otherwise run its own copy of this module fixture); the
-  other waits on the lock, then reads what they wrote."""
-  base = tmp_path_factory.getbasetemp()
-  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-  tmp = shared / "parallel"
-  with filelock.FileLock(str(shared / "parallel.lock")):
-    if not (tmp / "outputs.json").exists():
-      tmp.mkdir(exist_ok=True)
-      procs = _start_workers(tmp)
-      try:
-        outputs = {name: _finish(proc) for name, proc in procs.items()}
-      finally:
-        for proc in procs.values():
-          if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-      (tmp / "outputs.json").write_text(json.dumps(outputs))
+  """The workers' results, computed once per test run (conftest.built_once)."""
+
+  def build(tmp):
+    procs = _start_workers(tmp)
+    try:
+      outputs = {name: _finish(proc) for name, proc in procs.items()}
+    finally:
+      for proc in procs.values():
+        if proc.poll() is None:
+          proc.kill()
+          proc.communicate()
+    (tmp / "outputs.json").write_text(json.dumps(outputs))
+
+  tmp = built_once(tmp_path_factory, "parallel", build)
   outputs = json.loads((tmp / "outputs.json").read_text())
   results = {"dir": tmp, **{f"out_{name}": out for name, out in outputs.items()}}
   for name in SCENARIOS:

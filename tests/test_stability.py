@@ -5,6 +5,7 @@ every test.
 """
 import functools
 import os
+import shutil
 import types
 
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from lth_jax import configs, evaluation, lottery, masks, report, runs, stability
-from tests.conftest import needs_fmnist
+from tests.conftest import built_once, needs_fmnist
 
 METRIC = "recon_mse"
 
@@ -25,12 +26,17 @@ def small_config():
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
-  root = tmp_path_factory.mktemp("stability")
-  search, work = str(root / "search"), str(root / "stability")
-  lottery.run(small_config(), search)
-  rows = stability.run(small_config(), work, search)
-  ctx = runs.Context(small_config(), str(root / "check"))
-  return types.SimpleNamespace(search=search, work=work, rows=rows, ctx=ctx)
+  """The search and its stability run (read-only), built once per test run."""
+
+  def build(root):
+    lottery.run(small_config(), str(root / "search"))
+    rows = stability.run(small_config(), str(root / "stability"), str(root / "search"))
+    runs.write_json(str(root / "rows.json"), rows)
+
+  root = built_once(tmp_path_factory, "stability", build)
+  ctx = runs.Context(small_config(), str(tmp_path_factory.mktemp("check")))
+  return types.SimpleNamespace(search=str(root / "search"), work=str(root / "stability"),
+                               rows=runs.read_json(str(root / "rows.json")), ctx=ctx)
 
 
 def run_dirs(d, level):
@@ -140,8 +146,9 @@ def test_recomputed_statistics_are_a_fixed_point_of_their_batch(done):
 
 
 @needs_fmnist
-def test_second_run_trains_and_evaluates_nothing(done, monkeypatch):
-  _, copy_dir = run_dirs(done, 1)
+def test_second_run_trains_and_evaluates_nothing(done, monkeypatch, tmp_path):
+  work = str(shutil.copytree(done.work, tmp_path / "work"))
+  copy_dir = os.path.join(work, "level_01", "copy_seed0")
   files = [os.path.join(copy_dir, "metrics.json"), os.path.join(copy_dir, "interpolation.json")]
   stamps = [os.stat(f).st_mtime_ns for f in files]
 
@@ -150,13 +157,13 @@ def test_second_run_trains_and_evaluates_nothing(done, monkeypatch):
 
   monkeypatch.setattr(runs.Context, "train", refuse)
   monkeypatch.setattr(evaluation.Evaluator, "__call__", refuse)
-  assert stability.run(small_config(), done.work, done.search) == done.rows
-  assert stability.run(None, done.work, done.search) == done.rows   # config read from the search
+  assert stability.run(small_config(), work, done.search) == done.rows
+  assert stability.run(None, work, done.search) == done.rows   # config read from the search
   # A level whose copies are trained and interpolated but not marked done: read back, not redone.
-  os.remove(os.path.join(done.work, "level_01", "done.json"))
-  assert stability.run(small_config(), done.work, done.search) == done.rows
+  os.remove(os.path.join(work, "level_01", "done.json"))
+  assert stability.run(small_config(), work, done.search) == done.rows
   assert [os.stat(f).st_mtime_ns for f in files] == stamps
-  assert os.path.exists(os.path.join(done.work, "level_01", "done.json"))
+  assert os.path.exists(os.path.join(work, "level_01", "done.json"))
 
 
 @needs_fmnist

@@ -4,9 +4,10 @@ import os
 import subprocess
 import sys
 
+import chex
 import pytest
 
-from lth_jax import configs, runs, training
+from lth_jax import checkpointing, configs, runs, training
 from lth_jax import steps as steps_lib
 from tests.conftest import needs_fmnist
 
@@ -65,6 +66,31 @@ def test_a_resumed_run_may_change_its_checkpoint_cadence(tmp_path):
   runs.prepare_workdir(str(tmp_path), config)          # no conflict: the saved config follows
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["train"]["checkpoint_every"] == 2
+
+
+def test_group_checkpoints_of_either_layout_resume_bit_identically(tmp_path):
+  """A group is checkpointed as one tree, its tickets stacked; a checkpoint of the layout written
+  before 2026-11-29 (one tree per ticket) still resumes. Either way, the resumed group equals the
+  uninterrupted one."""
+  config = configs.get_config("ae", "fashion_mnist", "smoke")
+  ctx = runs.Context(config, str(tmp_path))
+  tickets = []
+  for seed in (0, 1):
+    keys = runs.seed_keys(seed)
+    state = ctx.family.init(keys["init"])
+    tickets.append(runs.Ticket(f"t{seed}", state, ctx.dense_masks(state.params), keys["run"], {}))
+  train = lambda until, where: ctx.train(tickets, until_step=until,
+                                         checkpoint_dir=str(tmp_path / where))
+  uninterrupted = train(4, "uninterrupted")
+  halfway = train(2, "stacked")
+  with checkpointing.Manager(tmp_path / "stacked") as manager:
+    assert list(manager.restore()[0]) == [runs.GROUP_KEY]
+  with checkpointing.Manager(tmp_path / "one_tree_per_ticket") as manager:
+    manager.save(2, {"tickets": halfway})
+  for where in ("stacked", "one_tree_per_ticket"):
+    resumed = train(4, where)
+    assert [int(s.step) for s in resumed] == [4, 4]
+    chex.assert_trees_all_equal(resumed, uninterrupted)
 
 
 def test_binary_with_overrides(tmp_path):
