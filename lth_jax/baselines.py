@@ -178,20 +178,23 @@ def _healthy(total: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("output_fn", "iterations", "scope"))
-def _synflow_rounds(output_fn, params, masks, sparsity, *, iterations, scope):
+def _synflow_rounds(output_fn, params, masks, sparsity, output_args, *, iterations, scope):
   """Rounds ``k = 1 .. iterations - 1``: keep ``(1 - sparsity) ** (k / iterations)``."""
   density = 1.0 - sparsity
+  output = lambda p: output_fn(p, *output_args)
 
   def round_k(k, carry):
     m, ok = carry
-    scores, total = _synflow_scores_and_total(output_fn, params, m)
+    scores, total = _synflow_scores_and_total(output, params, m)
     target = 1.0 - density ** (k / iterations)
     return pruning.to_sparsity(scores, m, target, scope=scope), ok & _healthy(total)
 
   return jax.lax.fori_loop(1, iterations, round_k, (masks, jnp.asarray(True)))
 
 
-_synflow_last = jax.jit(_synflow_scores_and_total, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
+def _synflow_last(output_fn, params, masks, output_args):
+  return _synflow_scores_and_total(lambda p: output_fn(p, *output_args), params, masks)
 
 
 def _check_args(params: PyTree, masks: PyTree, sparsity, scope: str) -> None:
@@ -202,8 +205,9 @@ def _check_args(params: PyTree, masks: PyTree, sparsity, scope: str) -> None:
     raise ValueError(f"target sparsity must be in [0, 1), got {sparsity}")
 
 
-def synflow(output_fn: Callable[[PyTree], jax.Array], params: PyTree, masks: PyTree, sparsity,
-            *, iterations: int = 100, scope: str = "global") -> PyTree:
+def synflow(output_fn: Callable[..., jax.Array], params: PyTree, masks: PyTree, sparsity,
+            *, iterations: int = 100, scope: str = "global",
+            output_args: tuple = ()) -> PyTree:
   """Iterative SynFlow pruning to ``sparsity`` (data-free; Tanaka et al., NeurIPS 2020).
 
   Round ``k = 1 .. iterations`` rescores the current sparse network with
@@ -215,16 +219,19 @@ def synflow(output_fn: Callable[[PyTree], jax.Array], params: PyTree, masks: PyT
 
   Rounds ``1 .. n-1`` run in one ``jax.lax.fori_loop`` under ``jax.jit`` with ``output_fn``,
   ``iterations`` and ``scope`` static: pass the same ``output_fn`` object to reuse the compiled
-  loop (a new sparsity does not recompile). Call it from host code (it checks the result).
+  loop (a new sparsity or new ``output_args`` values do not recompile; a new closure does).
+  Call it from host code (it checks the result).
 
   Args:
-    output_fn: ``params -> array``: the network on an all-ones input, BatchNorm in eval mode,
-      pre-activation output (see :func:`synflow_scores`).
+    output_fn: ``(params, *output_args) -> array``: the network on an all-ones input,
+      BatchNorm in eval mode, pre-activation output (see :func:`synflow_scores`).
     params: params pytree at initialisation.
     masks: starting mask tree (usually ``masks.init(params)``).
     sparsity: target fraction of prunable entries pruned, in [0, 1).
     iterations: number of prune-rescore rounds (>= 1; 1 is one-shot SynFlow).
     scope: ``'global'`` (one ranking over all prunable leaves) or ``'layerwise'``.
+    output_args: arrays ``output_fn`` takes after the params (e.g. BatchNorm statistics),
+      traced rather than closed over.
 
   Returns:
     The new mask tree (bool leaves, ``None`` where ``masks`` has ``None``).
@@ -238,8 +245,9 @@ def synflow(output_fn: Callable[[PyTree], jax.Array], params: PyTree, masks: PyT
   if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
     raise ValueError(f"SynFlow iterations must be an int >= 1, got {iterations!r}")
   masks = jax.tree.map(lambda m: jnp.asarray(m, bool), masks)
-  m, ok = _synflow_rounds(output_fn, params, masks, sparsity, iterations=iterations, scope=scope)
-  scores, total = _synflow_last(output_fn, params, m)
+  m, ok = _synflow_rounds(output_fn, params, masks, sparsity, tuple(output_args),
+                          iterations=iterations, scope=scope)
+  scores, total = _synflow_last(output_fn, params, m, tuple(output_args))
   if not bool(ok & _healthy(total)):
     raise FloatingPointError(
         "SynFlow's total score was 0, inf or NaN in some round: output_fn's output has no usable "
@@ -252,20 +260,24 @@ _SCORERS = {"snip": snip_scores, "grasp": grasp_scores}
 
 
 @functools.partial(jax.jit, static_argnames=("method", "loss_fn"))
-def _one_shot_scores(params, masks, *, method, loss_fn):
-  return _SCORERS[method](loss_fn, params, masks)
+def _one_shot_scores(params, masks, loss_args, *, method, loss_fn):
+  return _SCORERS[method](lambda p: loss_fn(p, *loss_args), params, masks)
 
 
 def prune_at_init(method: str, *, params: PyTree, masks: PyTree, sparsity,
-                  loss_fn: Callable[[PyTree], jax.Array] | None = None,
-                  output_fn: Callable[[PyTree], jax.Array] | None = None,
-                  scope: str = "global", iterations: int = 100) -> PyTree:
+                  loss_fn: Callable[..., jax.Array] | None = None,
+                  output_fn: Callable[..., jax.Array] | None = None,
+                  scope: str = "global", iterations: int = 100,
+                  loss_args: tuple = (), output_args: tuple = ()) -> PyTree:
   """Masks at ``sparsity`` from a pruning-at-initialisation method.
 
   SNIP and GraSP score once and prune with
   ``pruning.to_sparsity(scores, masks, sparsity, scope=scope)``; SynFlow is iterative
   (:func:`synflow`). Scoring is jit-compiled with ``loss_fn``/``output_fn`` static: passing the
-  same function object again (another sparsity, scope or mask) reuses the compiled code.
+  same function object again (another sparsity, scope or mask) reuses the compiled code. A
+  closure over a batch is a new object per call and compiles again (minutes for GraSP's
+  Hessian-vector product through a conv VAE on CPU); pass the batch, keys and statistics as
+  ``loss_args``/``output_args`` to a fixed function instead.
 
   Args:
     method: ``'snip'``, ``'grasp'`` or ``'synflow'``.
@@ -273,10 +285,12 @@ def prune_at_init(method: str, *, params: PyTree, masks: PyTree, sparsity,
     masks: starting mask tree; already-pruned entries stay pruned.
     sparsity: target fraction of prunable entries pruned, in [0, 1): globally exactly
       ``round(sparsity * total)`` entries are pruned; layerwise, per leaf.
-    loss_fn: ``params -> scalar`` loss on a batch; needed by SNIP and GraSP.
-    output_fn: ``params -> array`` on an all-ones input, BatchNorm in eval mode; needed by SynFlow.
+    loss_fn: ``(params, *loss_args) -> scalar`` loss on a batch; needed by SNIP and GraSP.
+    output_fn: ``(params, *output_args) -> array`` on an all-ones input, BatchNorm in eval
+      mode; needed by SynFlow.
     scope: ``'global'`` or ``'layerwise'``.
     iterations: SynFlow rounds (ignored by SNIP and GraSP).
+    loss_args, output_args: arrays (pytrees) passed after the params, traced.
 
   Returns:
     The new mask tree (bool leaves, ``None`` where ``masks`` has ``None``).
@@ -291,8 +305,9 @@ def prune_at_init(method: str, *, params: PyTree, masks: PyTree, sparsity,
     if output_fn is None:
       raise ValueError("method 'synflow' needs output_fn= (params -> network output on an "
                        "all-ones input, BatchNorm in eval mode)")
-    return synflow(output_fn, params, masks, sparsity, iterations=iterations, scope=scope)
+    return synflow(output_fn, params, masks, sparsity, iterations=iterations, scope=scope,
+                   output_args=output_args)
   if loss_fn is None:
     raise ValueError(f"method {method!r} needs loss_fn= (params -> scalar loss on a batch)")
-  scores = _one_shot_scores(params, masks, method=method, loss_fn=loss_fn)
+  scores = _one_shot_scores(params, masks, tuple(loss_args), method=method, loss_fn=loss_fn)
   return pruning.to_sparsity(scores, masks, sparsity, scope=scope)

@@ -141,10 +141,12 @@ def _pruned_at_init(method: str, x: LevelInputs):
   batch_key, loss_key = jax.random.split(x.key("score"))
   batch = data_lib.sample_batch(batch_key, x.images, x.config.train.batch_size)
   stats = x.theta_0.batch_stats
+  # The family's own functions, with the arrays as arguments: every seed and level reuses one
+  # compiled scorer (a closure per call recompiled: GraSP ~3-10 min per seed for the β-VAE).
   m = baselines.prune_at_init(
       method, params=x.theta_0.params, masks=x.dense, sparsity=x.sparsity,
-      loss_fn=lambda p: x.family.score_loss(p, stats, batch, loss_key),
-      output_fn=lambda p: x.family.synflow_output(p, stats),
+      loss_fn=x.family.score_loss, loss_args=(stats, batch, loss_key),
+      output_fn=x.family.synflow_output, output_args=(stats,),
       scope=x.config.prune.scope, iterations=x.config.lottery.synflow_iterations)
   return from_params(x.family, x.theta_k, x.theta_0.params, stats, m), m
 

@@ -1,4 +1,5 @@
 """Tests for lth_jax.baselines: SNIP, GraSP, SynFlow against independent computations."""
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -282,6 +283,44 @@ def test_synflow_reuses_compiled_loop_for_new_sparsity(small_net):
   size = baselines._synflow_rounds._cache_size()
   baselines.synflow(output_fn, params, masks.init(params), 0.8, iterations=5)
   assert baselines._synflow_rounds._cache_size() == size
+
+
+@pytest.mark.parametrize("method", baselines.METHODS)
+def test_arrays_passed_as_args_compile_once_and_equal_a_closure(small_net, method):
+  """The lottery scores every seed and level with one function and new arrays: one compile."""
+  params, loss_fn, output_fn = small_net
+  model = SmallNet()
+  stats = model.init(jax.random.key(1), jnp.ones((1, 6, 6, 1)), train=False)["batch_stats"]
+
+  def loss_of(p, batch_stats, x, y):
+    out, _ = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                         mutable=["batch_stats"])
+    return jnp.mean((out - y) ** 2)
+
+  def output_of(p, batch_stats):
+    return model.apply({"params": p, "batch_stats": batch_stats}, jnp.ones((1, 6, 6, 1)),
+                       train=False)
+
+  compiled = baselines._synflow_rounds if method == "synflow" else baselines._one_shot_scores
+  results = []
+  for seed in (0, 1):
+    x = jax.random.normal(jax.random.key(seed), (8, 6, 6, 1))
+    y = jax.random.normal(jax.random.key(seed + 2), (8, 5))
+    results.append(baselines.prune_at_init(
+        method, params=params, masks=masks.init(params), sparsity=0.6, iterations=5,
+        loss_fn=loss_of, loss_args=(stats, x, y), output_fn=output_of, output_args=(stats,)))
+    if seed == 0:
+      size = compiled._cache_size()
+  assert compiled._cache_size() == size
+  closure = baselines.prune_at_init(method, params=params, masks=masks.init(params), sparsity=0.6,
+                                    iterations=5, loss_fn=loss_fn, output_fn=output_fn)
+  if method != "synflow":   # small_net's loss is on key(0)'s inputs and key(2)'s targets
+    x, y = jax.random.normal(jax.random.key(0), (8, 6, 6, 1)), jax.random.normal(
+        jax.random.key(2), (8, 5))
+    results.append(baselines.prune_at_init(
+        method, params=params, masks=masks.init(params), sparsity=0.6,
+        loss_fn=loss_of, loss_args=(stats, x, y)))
+  chex.assert_trees_all_equal(results[-1], closure)
 
 
 def test_errors_are_clear(small_net):
