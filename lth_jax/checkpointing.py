@@ -222,6 +222,21 @@ class Manager:
       raise _mismatch(self._directory / str(step), e) from e
     return restored[_STATE], dict(restored[_METADATA])
 
+  def metadata(self, step: int | None = None) -> dict[str, Any]:
+    """The JSON metadata dict of checkpoint ``step`` (the latest if None), without its tree.
+
+    Raises:
+      FileNotFoundError: no checkpoint at all, or none for ``step``.
+    """
+    self._manager.wait_until_finished()
+    step = self._manager.latest_step() if step is None else int(step)
+    if step is None or step not in self._manager.all_steps():
+      raise FileNotFoundError(f"No checkpoint for step {step} in {self._directory}; "
+                              f"available steps: {self.all_steps()}.")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        **{_METADATA: ocp.args.JsonRestore()}))
+    return dict(restored[_METADATA] or {})
+
   def latest_step(self) -> int | None:
     """The newest step (including one this process is still writing), None if there is none."""
     return self._manager.latest_step()

@@ -116,14 +116,16 @@ class _Search:
     paths = [os.path.join(self.run_dir(0, "dense", s), "theta_k") for s in seeds]
     if not all(os.path.exists(p) for p in paths):
       # Train to the rewind step first, save θ_k, then continue (both resumable).
-      states = self.ctx.train(
-          tickets, until_step=self.rewind_step, label="level 0 to the rewind step: ",
-          checkpoint_dir=os.path.join(self.level_dir(0), "checkpoints_rewind"))
+      checkpoints = os.path.join(self.level_dir(0), "checkpoints_rewind")
+      label = "level 0 to the rewind step: "
+      states = self.ctx.train(self.ctx.resume(checkpoints, lambda: tickets, label=label),
+                              until_step=self.rewind_step, label=label,
+                              checkpoint_dir=checkpoints)
       for path, state in zip(paths, states):
         if not os.path.exists(path):
           self.ctx.save_state(path, state)
       if self.ctx.is_main:   # θ_k is saved: that training never resumes again
-        shutil.rmtree(os.path.join(self.level_dir(0), "checkpoints_rewind"), ignore_errors=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return [t._replace(state=self.ctx.load_state(p)) for t, p in zip(tickets, paths)]
 
   # -------------------------------------------------------------------------- level L >= 1

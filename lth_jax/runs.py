@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -46,7 +47,8 @@ from lth_jax import report
 from lth_jax import steps as steps_lib
 
 PyTree = Any
-GROUP_KEY = "stacked"   # a group checkpoint: {GROUP_KEY: every ticket's state, stacked}
+GROUP_KEY = "stacked"   # a group checkpoint: {GROUP_KEY: states, MASKS_KEY: masks}, stacked
+MASKS_KEY = "masks"
 # Independent random streams of one seed (split once); 'scratch' is folded from 'init'.
 SEED_STREAMS = ("init", "run", "reinit", "random_pruning", "score")
 
@@ -163,35 +165,6 @@ def dense_masks(config: ml_collections.ConfigDict, family: steps_lib.Family,
 
 
 # ---------------------------------------------------------------------------------- stages
-def save_group(manager: checkpointing.Manager, step: int, states: Sequence[PyTree]) -> None:
-  """Saves a group's states as checkpoint ``step``: one tree, ``{GROUP_KEY: stacked}``, every
-  ticket's state stacked on a leading axis on the host.
-
-  One tree, not one per ticket: Orbax's cost grows with the number of arrays (~3 ms per array
-  per save on CPU; six AE tickets: 1.28 s one tree each, 0.17 s stacked;
-  ``benchmarks/checkpoint_cost.py``).
-  """
-  stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(list(states)))
-  manager.save(step, {GROUP_KEY: stacked}, force=True)
-
-
-def restore_group(manager: checkpointing.Manager, states: Sequence[PyTree]) -> list[PyTree]:
-  """The newest checkpoint of :func:`save_group`, as one NumPy state per ticket (``states``:
-  arrays or ShapeDtypeStructs of the tickets' shapes).
-
-  Checkpoints written before 2026-11-29 hold ``{'tickets': [state, ...]}`` (one tree per
-  ticket) and are read too.
-  """
-  shapes = jax.eval_shape(lambda s: s, states[0])
-  empty = lambda x, *lead: np.empty((*lead, *x.shape), x.dtype)   # allocates nothing yet
-  try:
-    like = jax.tree.map(lambda x: empty(x, len(states)), shapes)
-    return parallel.unstack(manager.restore(like={GROUP_KEY: like})[0][GROUP_KEY])
-  except ValueError:   # the layout of one tree per ticket
-    like = [jax.tree.map(empty, shapes)] * len(states)
-    return manager.restore(like={"tickets": like})[0]["tickets"]
-
-
 class Ticket(NamedTuple):
   """One training run of a group: where it writes, where it starts, what labels it."""
   name: str                       # directory below the stage's, e.g. 'ticket_seed0'
@@ -199,6 +172,110 @@ class Ticket(NamedTuple):
   masks: PyTree
   run_key: jax.Array              # step s trains on fold_in(run_key, s)
   tags: dict                      # columns of its result row and labels of its scalars
+
+
+def _stack(trees: Sequence[PyTree]) -> PyTree:
+  """Trees of one structure, stacked on a leading axis as NumPy (``None`` leaves kept)."""
+  return jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(list(trees)))
+
+
+def _key_record(key: jax.Array) -> dict:
+  """A PRNG key (typed or raw ``uint32``) as JSON."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return {"impl": str(jax.random.key_impl(key)),
+            "data": np.asarray(jax.random.key_data(key)).tolist()}
+  return {"data": np.asarray(key).tolist()}
+
+
+def _key_from(record: dict) -> jax.Array:
+  data = jnp.asarray(record["data"], jnp.uint32)
+  return jax.random.wrap_key_data(data, impl=record["impl"]) if "impl" in record else data
+
+
+def save_group(manager: checkpointing.Manager, step: int, tickets: Sequence[Ticket],
+               states: Sequence[PyTree]) -> None:
+  """Saves a group as checkpoint ``step``, whole: a resume reads it back and rebuilds nothing.
+
+  The tree is ``{GROUP_KEY: states, MASKS_KEY: masks}``, every ticket's state and masks stacked
+  on a leading axis on the host; the step's metadata holds each ticket's name, tags and run key
+  (``'tickets'``) and which params leaves have a mask (``'masked_leaves'``). One tree, not one
+  per ticket: Orbax's cost grows with the number of arrays (~3 ms per array per save on CPU;
+  six AE tickets: 1.28 s one tree each, 0.17 s stacked; ``benchmarks/checkpoint_cost.py``).
+  """
+  masks = [t.masks for t in tickets]
+  metadata = {
+      "tickets": [{"name": t.name, "tags": t.tags, "run_key": _key_record(t.run_key)}
+                  for t in tickets],
+      "masked_leaves": [m is not None
+                        for m in jax.tree.leaves(masks[0], is_leaf=masks_lib.is_none)]}
+  manager.save(step, {GROUP_KEY: _stack(states), MASKS_KEY: _stack(masks)}, metadata=metadata,
+               force=True)
+
+
+def _empty(shape: jax.ShapeDtypeStruct, *lead: int, dtype=None) -> np.ndarray:
+  """A NumPy restore target (``np.empty`` allocates nothing until written)."""
+  return np.empty((*lead, *shape.shape), dtype or shape.dtype)
+
+
+def load_group(manager: checkpointing.Manager, state_shape: PyTree) -> list[Ticket] | None:
+  """The tickets of the newest :func:`save_group` checkpoint, their states at its step (NumPy),
+  or None for a checkpoint of an older layout (states only: its tickets must be rebuilt).
+
+  Args:
+    state_shape: one ticket's state, as arrays or ShapeDtypeStructs (e.g. ``jax.eval_shape``
+      of the family's ``init``).
+  """
+  metadata = manager.metadata()
+  if "tickets" not in metadata:
+    return None
+  records, n = metadata["tickets"], len(metadata["tickets"])
+  params = jax.tree.leaves(state_shape.params)
+  masks_like = jax.tree.unflatten(
+      jax.tree.structure(state_shape.params),
+      [_empty(p, n, dtype=bool) if masked else None
+       for p, masked in zip(params, metadata["masked_leaves"], strict=True)])
+  like = {GROUP_KEY: jax.tree.map(lambda x: _empty(x, n), state_shape), MASKS_KEY: masks_like}
+  tree = manager.restore(like=like)[0]
+  return [Ticket(r["name"], state, masks, _key_from(r["run_key"]), r["tags"])
+          for r, state, masks in zip(records, parallel.unstack(tree[GROUP_KEY]),
+                                     parallel.unstack(tree[MASKS_KEY]))]
+
+
+def restore_group(manager: checkpointing.Manager, states: Sequence[PyTree]) -> list[PyTree]:
+  """The states of the newest group checkpoint of a layout that holds no masks, one NumPy
+  state per ticket (``states``: arrays or ShapeDtypeStructs of the tickets' shapes).
+
+  Two layouts: the states stacked (written on 2026-11-29), and ``{'tickets': [state, ...]}``,
+  one tree per ticket (before).
+  """
+  shapes = jax.eval_shape(lambda s: s, states[0])
+  try:
+    like = jax.tree.map(lambda x: _empty(x, len(states)), shapes)
+    return parallel.unstack(manager.restore(like={GROUP_KEY: like})[0][GROUP_KEY])
+  except ValueError:   # the layout of one tree per ticket
+    like = [jax.tree.map(_empty, shapes)] * len(states)
+    return manager.restore(like={"tickets": like})[0]["tickets"]
+
+
+def resume_group(checkpoint_dir: str, state_shape: PyTree,
+                 make_tickets: Callable[[], list[Ticket]]) -> tuple[list[Ticket], bool]:
+  """``(tickets, resumed)``: a group's tickets at the newest checkpoint in ``checkpoint_dir``
+  (``resumed``), else ``make_tickets()``.
+
+  A checkpoint of :func:`save_group` holds the whole group, so nothing is rebuilt (rebuilding
+  re-scored SNIP/GraSP/SynFlow, minutes per seed on CPU, and would silently pair the saved states
+  with masks of the current code); one of an older layout holds only states, so its tickets are
+  rebuilt and given those states.
+  """
+  with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
+    if manager.latest_step() is None:
+      return make_tickets(), False
+    tickets = load_group(manager, state_shape)
+    if tickets is None:
+      tickets = make_tickets()
+      states = restore_group(manager, [t.state for t in tickets])
+      tickets = [t._replace(state=s) for t, s in zip(tickets, states)]
+  return tickets, True
 
 
 class Timing(NamedTuple):
@@ -288,29 +365,36 @@ class Context:
     checkpointing.save_tree(path, jax.device_get(state), overwrite=overwrite)
 
   # ------------------------------------------------------------------------------- train
+  def resume(self, checkpoint_dir: str, make_tickets: Callable[[], list[Ticket]], *,
+             family: steps_lib.Family | None = None, label: str = "") -> list[Ticket]:
+    """:func:`resume_group` for a group of ``family`` (default: the config's), logged."""
+    shape = (self.state_shape if family is None
+             else jax.eval_shape(family.init, jax.random.key(0)))
+    tickets, resumed = resume_group(checkpoint_dir, shape, make_tickets)
+    if resumed:
+      logging.info("%sresuming %d tickets at step %d", label, len(tickets),
+                   int(tickets[0].state.step))
+    return tickets
+
   def train(self, tickets: Sequence[Ticket], *, until_step: int, checkpoint_dir: str,
             family: steps_lib.Family | None = None, key: str = "", label: str = ""
             ) -> list[steps_lib.TrainState]:
-    """Trains the group to ``until_step``, checkpointing; resumes from ``checkpoint_dir``.
+    """Trains the group from its tickets' states to ``until_step``, checkpointing the group
+    (:func:`save_group`) every ``train.checkpoint_every`` steps in ``checkpoint_dir``; a killed
+    run continues from :meth:`resume`'s tickets.
 
     Args:
       family, key: the group's architecture (default: the config's) and its runner's key.
       label: the stage, e.g. ``'level 3: '``; the progress bar or lines (:mod:`lth_jax.progress`)
         are labelled with it and the group's ``branch`` (or ``run``) tags, else ticket names.
     """
-    states = [t.state for t in tickets]
     cfg = self.config.train
     with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
-      if manager.latest_step() is not None:
-        states = restore_group(manager, states)
-        logging.info("%sresuming %d tickets at step %d", label, len(states),
-                     int(states[0].step))
-
       def save(step, current):
         if step not in manager.all_steps():
-          save_group(manager, step, current)
+          save_group(manager, step, tickets, current)
 
-      first = int(states[0].step)
+      first = int(tickets[0].state.step)
       last_log = [first]
       shown = progress.Progress(first, until_step, label=label + _trained(tickets))
 
@@ -324,7 +408,7 @@ class Context:
 
       with shown:
         return self.runner(family, key).train(
-            states, [t.masks for t in tickets], self.train_split.images,
+            [t.state for t in tickets], [t.masks for t in tickets], self.train_split.images,
             [t.run_key for t in tickets], until_step=until_step, on_boundary=save,
             boundary_every=cfg.checkpoint_every, on_chunk=on_chunk)
 
@@ -383,7 +467,8 @@ class Context:
       stage_dir: the stage's directory (tickets in ``<name>/``, checkpoints in
         ``checkpoints/<group>/``).
       names: every ticket of the stage; the finished ones are read back, not built.
-      make_tickets: builds the pending tickets (same architecture, same starting step).
+      make_tickets: builds the pending tickets (same architecture, same starting step); not
+        called when the group resumes from a checkpoint that holds it (:meth:`resume`).
       until_step: the step the group trains to.
       columns: ``(ticket, state, timing) -> extra row columns``; ``timing`` covers building
         and training the group.
@@ -400,8 +485,8 @@ class Context:
     todo = self.pending(stage_dir, names)
     if todo:
       start = time.perf_counter(), time.process_time()
-      tickets = make_tickets(todo)
       checkpoints = os.path.join(stage_dir, "checkpoints", _group_id(todo))
+      tickets = self.resume(checkpoints, lambda: make_tickets(todo), family=family, label=label)
       states = self.train(tickets, until_step=until_step, checkpoint_dir=checkpoints,
                           family=family, key=key, label=label)
       jax.block_until_ready(states)

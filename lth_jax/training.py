@@ -33,8 +33,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = ctx.family.init(init_key)
   ticket = runs.Ticket("dense", state, ctx.dense_masks(state.params), run_key, {})
   start = time.perf_counter()
-  [state] = ctx.train([ticket], until_step=config.train.steps,
-                      checkpoint_dir=os.path.join(workdir, "checkpoints"))
+  checkpoints = os.path.join(workdir, "checkpoints")
+  [state] = ctx.train(ctx.resume(checkpoints, lambda: [ticket]), until_step=config.train.steps,
+                      checkpoint_dir=checkpoints)
   results = ctx.evaluator(ctx.family, state)
   results["train_seconds"] = time.perf_counter() - start
   if ctx.is_main:

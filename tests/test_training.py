@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import checkpointing, configs, runs, training
+from lth_jax import checkpointing, configs, masks, pruning, runs, training
 from lth_jax import steps as steps_lib
 from tests.conftest import needs_fmnist
 
@@ -70,27 +70,51 @@ def test_a_resumed_run_may_change_its_checkpoint_cadence(tmp_path):
     assert json.load(f)["train"]["checkpoint_every"] == 2
 
 
-def test_group_checkpoints_of_either_layout_restore_every_ticket(tmp_path):
-  """A group is checkpointed as one tree, its tickets stacked (a resume from it equals the
-  uninterrupted run: the kill-and-resume tests); a checkpoint of the layout written before
-  2026-11-29, one tree per ticket, restores the same states."""
+def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp_path):
+  """A group checkpoint holds the whole group (states, masks, names, tags, run keys): a resume
+  builds no ticket (the kill-and-resume tests show it equals the uninterrupted run). The two
+  older layouts (states stacked; one tree per ticket) hold states only: the tickets are rebuilt
+  and given the saved states."""
   fam = steps_lib.make_family("ae", channels=1, image_size=32, width=8, z_dim=16,
                               optimizer=dict(lr=1e-3, b1=0.5, b2=0.999), batch_size=8)
   states = [fam.init(jax.random.key(seed)) for seed in (0, 1)]
-  with checkpointing.Manager(tmp_path / "stacked") as manager:
-    runs.save_group(manager, 2, states)
-  with checkpointing.Manager(tmp_path / "stacked") as manager:
-    assert list(manager.restore()[0]) == [runs.GROUP_KEY]
-    stacked = runs.restore_group(manager, states)
-  with checkpointing.Manager(tmp_path / "one_tree_per_ticket") as manager:
-    manager.save(2, {"tickets": states})
-    legacy = runs.restore_group(manager, jax.eval_shape(lambda s: s, states))
-  for restored in (stacked, legacy):
-    kernel = restored[0].params["encoder"]["body"]["conv0"]["kernel"]
-    assert len(restored) == 2 and isinstance(kernel, np.ndarray)
-    chex.assert_trees_all_equal(restored, jax.device_get(states))
-  first, second = (s.params["encoder"]["body"]["conv0"]["kernel"] for s in stacked)
-  assert not np.array_equal(first, second)
+  dense = masks.init(states[0].params)
+  tickets = [runs.Ticket("ticket_seed0", states[0], pruning.magnitude(states[0].params, dense, 0.5),
+                         jax.random.key(7), {"level": 1, "branch": "ticket", "seed": 0}),
+             runs.Ticket("random_seed1", states[1], dense, jax.random.PRNGKey(8),
+                         {"level": 1, "branch": "random", "seed": 1})]
+  shape = jax.eval_shape(fam.init, jax.random.key(0))
+  built = []
+
+  def make_tickets():
+    built.append(True)
+    return tickets
+
+  got, was_resumed = runs.resume_group(str(tmp_path / "whole"), shape, make_tickets)
+  assert got is tickets and not was_resumed and built
+  with checkpointing.Manager(tmp_path / "whole") as manager:
+    runs.save_group(manager, 2, tickets, states)
+  built.clear()
+  resumed, was_resumed = runs.resume_group(str(tmp_path / "whole"), shape, make_tickets)
+  assert was_resumed and not built
+  for got, want in zip(resumed, tickets):
+    assert (got.name, got.tags, got.run_key.dtype) == (want.name, want.tags, want.run_key.dtype)
+    chex.assert_trees_all_equal(*(jax.random.key_data(t.run_key) if t is resumed[0]
+                                  or t is tickets[0] else t.run_key for t in (got, want)))
+    chex.assert_trees_all_equal(got.masks, jax.device_get(want.masks))
+    chex.assert_trees_all_equal(got.state, jax.device_get(want.state))
+  assert masks.sparsity(resumed[0].masks) == masks.sparsity(tickets[0].masks) > 0.49
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(states))
+  for layout, tree in (("stacked", {runs.GROUP_KEY: stacked}), ("per_ticket", {"tickets": states})):
+    with checkpointing.Manager(tmp_path / layout) as manager:
+      manager.save(2, tree)
+    built.clear()
+    got, was_resumed = runs.resume_group(
+        str(tmp_path / layout), shape,
+        lambda: make_tickets() and [t._replace(state=shape) for t in tickets])
+    assert was_resumed and built
+    assert isinstance(got[0].state.params["encoder"]["body"]["conv0"]["kernel"], np.ndarray)
+    chex.assert_trees_all_equal([t.state for t in got], jax.device_get(states))
 
 
 def test_binary_with_overrides(tmp_path):
