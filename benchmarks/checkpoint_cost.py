@@ -9,8 +9,8 @@ Process CPU milliseconds (all threads: Orbax writes from background threads), me
 * ``load_tree`` with a restore target without shardings as Orbax gets it vs with the default
   device filled in (``checkpointing._restore_target``);
 * a group checkpoint of ``--tickets`` states: one tree per ticket (the layout before 2026-11-29,
-  states only) vs ``runs.save_group``'s stacked trees (states and masks, since 2026-11-29),
-  and the two restores (``runs.restore_group``, ``runs.load_group``);
+  states only) vs ``groups.save``'s stacked trees (states and masks, since 2026-11-29),
+  and the two restores (``groups.restore_states``, ``groups.load``);
 * with ``--search``: the process CPU seconds of the suite's AE smoke search (2 seeds, 3 branches,
   2 levels: 14 trainings; real Fashion-MNIST) with Orbax and with Orbax replaced by an in-memory
   dict, each in a fresh process after one warm-up search fills a shared compilation cache.
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from lth_jax import checkpointing, masks, runs, steps
+from lth_jax import checkpointing, groups, masks, steps
 
 _TICKETS = flags.DEFINE_integer("tickets", 6, "Tickets in the group checkpoint.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats after one warm-up.")
@@ -163,7 +163,7 @@ def main(argv):
         type(jax.tree.leaves(orbax_load(where("host", 0), shapes))[0]).__name__, ")")
 
   group = [state] * n
-  tickets = [runs.Ticket(f"t{i}", state, masks.init(state.params), jax.random.key(i), {"seed": i})
+  tickets = [groups.Ticket(f"t{i}", state, masks.init(state.params), jax.random.key(i), {"seed": i})
              for i in range(n)]
 
   def per_ticket_save(i):
@@ -172,12 +172,12 @@ def main(argv):
 
   def stacked_save(i):
     with checkpointing.Manager(where("stacked", i)) as manager:
-      runs.save_group(manager, 1, tickets, group)
+      groups.save(manager, 1, tickets, group)
 
   row(f"group of {n}: one tree per ticket, save ({n * arrays} arrays)",
       cpu_ms(per_ticket_save, repeats))
   masked = len(jax.tree.leaves(tickets[0].masks))
-  row(f"group of {n}: runs.save_group, stacked states and masks ({arrays + masked} arrays)",
+  row(f"group of {n}: groups.save, stacked states and masks ({arrays + masked} arrays)",
       cpu_ms(stacked_save, repeats))
 
   def restore(name, fn):
@@ -186,10 +186,10 @@ def main(argv):
         fn(manager)
     return timed
 
-  row(f"group of {n}: restore_group of the per-ticket layout (after a failed stacked try)",
-      cpu_ms(restore("per_ticket", lambda m: runs.restore_group(m, [shapes] * n)), repeats))
-  row(f"group of {n}: load_group of save_group's layout (states, masks, tickets)",
-      cpu_ms(restore("stacked", lambda m: runs.load_group(m, shapes)), repeats))
+  row(f"group of {n}: groups.restore_states of the per-ticket layout (after a failed try)",
+      cpu_ms(restore("per_ticket", lambda m: groups.restore_states(m, [shapes] * n)), repeats))
+  row(f"group of {n}: groups.load of groups.save's layout (states, masks, tickets)",
+      cpu_ms(restore("stacked", lambda m: groups.load(m, shapes)), repeats))
   print(f"\nper-array save cost ~{(rows[1][1] - rows[0][1]) / (arrays - 1):.1f} ms; "
         f"group save ratio (per ticket / stacked) {rows[7][1] / rows[8][1]:.1f}x; "
         f"NumPy vs device save {rows[2][1] / rows[1][1]:.2f}x; default-device load "

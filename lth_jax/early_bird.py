@@ -47,6 +47,7 @@ from lth_jax import configs
 from lth_jax import early_bird_detection as detection
 from lth_jax import early_bird_report
 from lth_jax import flops
+from lth_jax import groups
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import parallel
@@ -120,12 +121,12 @@ class _Run:
     names = {s: f"{stage}_seed{s}" for s in self.seeds}
     pending = [s for s in self.seeds if self.ctx.pending(self.workdir, [names[s]])]
     starts = {s: make_start(s) for s in pending}
-    groups: dict = collections.defaultdict(list)
+    by_shape: dict = collections.defaultdict(list)
     for seed in pending:
       start = starts[seed]
-      groups[(start.info.get("widths", ""), int(start.state.step), steps_of(seed))].append(seed)
+      by_shape[(start.info.get("widths", ""), int(start.state.step), steps_of(seed))].append(seed)
     run = "eb_ticket" if stage == "ticket" else stage
-    for (widths, start_step, steps), seeds in groups.items():
+    for (widths, start_step, steps), seeds in by_shape.items():
       family = starts[seeds[0]].family
 
       def columns(ticket, state, timing, steps=steps, start_step=start_step, family=family):
@@ -136,7 +137,7 @@ class _Run:
                 "train_seconds": timing.seconds / timing.tickets,
                 "train_cpu_seconds": timing.cpu_seconds / timing.tickets}
 
-      tickets = [runs.Ticket(names[s], starts[s].state, starts[s].masks, self.keys[s]["run"],
+      tickets = [groups.Ticket(names[s], starts[s].state, starts[s].masks, self.keys[s]["run"],
                              {"run": run, "seed": s}) for s in seeds]
       grid = (os.path.join(self.workdir, f"samples_{stage}.png") if seeds[0] == self.seeds[0]
               else None)

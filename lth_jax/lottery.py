@@ -49,6 +49,7 @@ import ml_collections
 
 from lth_jax import branches
 from lth_jax import evaluation
+from lth_jax import groups
 from lth_jax import masks as masks_lib
 from lth_jax import pruning
 from lth_jax import report
@@ -95,8 +96,8 @@ class _Search:
         label=f"level {level}: ", scalar_step=lambda t, s: level,
         keep=lambda t: "trained" if t.tags["branch"] in ("ticket", "dense") else None)
 
-  def _ticket(self, level: int, branch: str, seed: int, state, masks) -> runs.Ticket:
-    return runs.Ticket(f"{branch}_seed{seed}", state, masks, self.keys[seed]["run"],
+  def _ticket(self, level: int, branch: str, seed: int, state, masks) -> groups.Ticket:
+    return groups.Ticket(f"{branch}_seed{seed}", state, masks, self.keys[seed]["run"],
                        {"level": level, "branch": branch, "seed": seed})
 
   # ----------------------------------------------------------------------------- level 0
@@ -104,7 +105,7 @@ class _Search:
     """Each seed trained densely from θ₀, saving θ₀ and θ_k (the rewind point)."""
     return self._stage(0, [f"dense_seed{s}" for s in self.seeds], self._dense_tickets)
 
-  def _dense_tickets(self, names: list[str]) -> list[runs.Ticket]:
+  def _dense_tickets(self, names: list[str]) -> list[groups.Ticket]:
     seeds = [int(n.rsplit("_seed", 1)[1]) for n in names]
     tickets = []
     for seed in seeds:
@@ -138,7 +139,7 @@ class _Search:
     names = [f"{b}_seed{s}" for s in self.seeds for b in self.branches_at(level)]
     return self._stage(level, names, lambda todo: self._level_tickets(level, todo))
 
-  def _level_tickets(self, level: int, names: list[str]) -> list[runs.Ticket]:
+  def _level_tickets(self, level: int, names: list[str]) -> list[groups.Ticket]:
     """The pending runs of one level: starting states and masks, deterministic."""
     tickets = []
     for seed in self.seeds:

@@ -8,9 +8,11 @@ group of same-architecture tickets, and does them here:
   trains and caches the feature classifier, then on the others after a barrier) and the metric
   writer; :func:`prepare_workdir` refuses a workdir of another config;
 * **train** (:meth:`Context.train`): the group advances together to a step, with in-stage Orbax
-  checkpoints every ``train.checkpoint_every`` steps, resumed after any interruption (fused calls
-  are aligned to checkpoints, so a resumed run makes the same calls: bit-identical), loss logs
-  every ``train.log_every`` steps and a progress bar or lines (:mod:`lth_jax.progress`);
+  checkpoints of the whole group (:mod:`lth_jax.groups`) every ``train.checkpoint_every`` steps,
+  resumed after any interruption without building a ticket again (:meth:`Context.resume`;
+  fused calls are aligned to checkpoints, so a resumed run makes the same calls:
+  bit-identical), loss logs every ``train.log_every`` steps and a progress bar or lines
+  (:mod:`lth_jax.progress`);
 * **evaluate and write** (:meth:`Context.finish`): each ticket is evaluated by the process that
   trained it, which writes ``<name>/metrics.json`` (and ``masks.npz``); weights worth keeping are
   saved collectively; a barrier, then every process reads every row;
@@ -31,7 +33,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -40,6 +41,7 @@ from lth_jax import checkpointing
 from lth_jax import data as data_lib
 from lth_jax import evaluation
 from lth_jax import families
+from lth_jax import groups
 from lth_jax import masks as masks_lib
 from lth_jax import parallel
 from lth_jax import progress
@@ -47,8 +49,6 @@ from lth_jax import report
 from lth_jax import steps as steps_lib
 
 PyTree = Any
-GROUP_KEY = "stacked"   # a group checkpoint: {GROUP_KEY: states, MASKS_KEY: masks}, stacked
-MASKS_KEY = "masks"
 # Independent random streams of one seed (split once); 'scratch' is folded from 'init'.
 SEED_STREAMS = ("init", "run", "reinit", "random_pruning", "score")
 
@@ -165,119 +165,6 @@ def dense_masks(config: ml_collections.ConfigDict, family: steps_lib.Family,
 
 
 # ---------------------------------------------------------------------------------- stages
-class Ticket(NamedTuple):
-  """One training run of a group: where it writes, where it starts, what labels it."""
-  name: str                       # directory below the stage's, e.g. 'ticket_seed0'
-  state: steps_lib.TrainState     # starting state (all tickets of a group at one step)
-  masks: PyTree
-  run_key: jax.Array              # step s trains on fold_in(run_key, s)
-  tags: dict                      # columns of its result row and labels of its scalars
-
-
-def _stack(trees: Sequence[PyTree]) -> PyTree:
-  """Trees of one structure, stacked on a leading axis as NumPy (``None`` leaves kept)."""
-  return jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(list(trees)))
-
-
-def _key_record(key: jax.Array) -> dict:
-  """A PRNG key (typed or raw ``uint32``) as JSON."""
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return {"impl": str(jax.random.key_impl(key)),
-            "data": np.asarray(jax.random.key_data(key)).tolist()}
-  return {"data": np.asarray(key).tolist()}
-
-
-def _key_from(record: dict) -> jax.Array:
-  data = jnp.asarray(record["data"], jnp.uint32)
-  return jax.random.wrap_key_data(data, impl=record["impl"]) if "impl" in record else data
-
-
-def save_group(manager: checkpointing.Manager, step: int, tickets: Sequence[Ticket],
-               states: Sequence[PyTree]) -> None:
-  """Saves a group as checkpoint ``step``, whole: a resume reads it back and rebuilds nothing.
-
-  The tree is ``{GROUP_KEY: states, MASKS_KEY: masks}``, every ticket's state and masks stacked
-  on a leading axis on the host; the step's metadata holds each ticket's name, tags and run key
-  (``'tickets'``) and which params leaves have a mask (``'masked_leaves'``). One tree, not one
-  per ticket: Orbax's cost grows with the number of arrays (~3 ms per array per save on CPU;
-  six AE tickets: 1.28 s one tree each, 0.17 s stacked; ``benchmarks/checkpoint_cost.py``).
-  """
-  masks = [t.masks for t in tickets]
-  metadata = {
-      "tickets": [{"name": t.name, "tags": t.tags, "run_key": _key_record(t.run_key)}
-                  for t in tickets],
-      "masked_leaves": [m is not None
-                        for m in jax.tree.leaves(masks[0], is_leaf=masks_lib.is_none)]}
-  manager.save(step, {GROUP_KEY: _stack(states), MASKS_KEY: _stack(masks)}, metadata=metadata,
-               force=True)
-
-
-def _empty(shape: jax.ShapeDtypeStruct, *lead: int, dtype=None) -> np.ndarray:
-  """A NumPy restore target (``np.empty`` allocates nothing until written)."""
-  return np.empty((*lead, *shape.shape), dtype or shape.dtype)
-
-
-def load_group(manager: checkpointing.Manager, state_shape: PyTree) -> list[Ticket] | None:
-  """The tickets of the newest :func:`save_group` checkpoint, their states at its step (NumPy),
-  or None for a checkpoint of an older layout (states only: its tickets must be rebuilt).
-
-  Args:
-    state_shape: one ticket's state, as arrays or ShapeDtypeStructs (e.g. ``jax.eval_shape``
-      of the family's ``init``).
-  """
-  metadata = manager.metadata()
-  if "tickets" not in metadata:
-    return None
-  records, n = metadata["tickets"], len(metadata["tickets"])
-  params = jax.tree.leaves(state_shape.params)
-  masks_like = jax.tree.unflatten(
-      jax.tree.structure(state_shape.params),
-      [_empty(p, n, dtype=bool) if masked else None
-       for p, masked in zip(params, metadata["masked_leaves"], strict=True)])
-  like = {GROUP_KEY: jax.tree.map(lambda x: _empty(x, n), state_shape), MASKS_KEY: masks_like}
-  tree = manager.restore(like=like)[0]
-  return [Ticket(r["name"], state, masks, _key_from(r["run_key"]), r["tags"])
-          for r, state, masks in zip(records, parallel.unstack(tree[GROUP_KEY]),
-                                     parallel.unstack(tree[MASKS_KEY]))]
-
-
-def restore_group(manager: checkpointing.Manager, states: Sequence[PyTree]) -> list[PyTree]:
-  """The states of the newest group checkpoint of a layout that holds no masks, one NumPy
-  state per ticket (``states``: arrays or ShapeDtypeStructs of the tickets' shapes).
-
-  Two layouts: the states stacked (written on 2026-11-29), and ``{'tickets': [state, ...]}``,
-  one tree per ticket (before).
-  """
-  shapes = jax.eval_shape(lambda s: s, states[0])
-  try:
-    like = jax.tree.map(lambda x: _empty(x, len(states)), shapes)
-    return parallel.unstack(manager.restore(like={GROUP_KEY: like})[0][GROUP_KEY])
-  except ValueError:   # the layout of one tree per ticket
-    like = [jax.tree.map(_empty, shapes)] * len(states)
-    return manager.restore(like={"tickets": like})[0]["tickets"]
-
-
-def resume_group(checkpoint_dir: str, state_shape: PyTree,
-                 make_tickets: Callable[[], list[Ticket]]) -> tuple[list[Ticket], bool]:
-  """``(tickets, resumed)``: a group's tickets at the newest checkpoint in ``checkpoint_dir``
-  (``resumed``), else ``make_tickets()``.
-
-  A checkpoint of :func:`save_group` holds the whole group, so nothing is rebuilt (rebuilding
-  re-scored SNIP/GraSP/SynFlow, minutes per seed on CPU, and would silently pair the saved states
-  with masks of the current code); one of an older layout holds only states, so its tickets are
-  rebuilt and given those states.
-  """
-  with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
-    if manager.latest_step() is None:
-      return make_tickets(), False
-    tickets = load_group(manager, state_shape)
-    if tickets is None:
-      tickets = make_tickets()
-      states = restore_group(manager, [t.state for t in tickets])
-      tickets = [t._replace(state=s) for t, s in zip(tickets, states)]
-  return tickets, True
-
-
 class Timing(NamedTuple):
   """Wall-clock and process CPU seconds of a group (compilation included), and its size."""
   seconds: float
@@ -285,7 +172,7 @@ class Timing(NamedTuple):
   tickets: int
 
 
-def _trained(tickets: Sequence[Ticket]) -> str:
+def _trained(tickets: Sequence[groups.Ticket]) -> str:
   """What a group trains, for its progress label: ``'ticket, random_reinit (4 tickets)'``."""
   kinds = list(dict.fromkeys(str(t.tags.get("branch", t.tags.get("run", t.name)))
                              for t in tickets))
@@ -360,27 +247,27 @@ class Context:
 
   def save_state(self, path: str, state: PyTree, *, overwrite: bool = False) -> None:
     """Saves one state, from the host: Orbax writes NumPy arrays in half the time of device
-    arrays (``benchmarks/checkpoint_cost.py``), and refuses process-local ones. Collective in a multi-process run: every process
-    calls it with the same state; process 0 writes."""
+    arrays (``benchmarks/checkpoint_cost.py``), and refuses process-local ones. Collective in a
+    multi-process run: every process calls it with the same state; process 0 writes."""
     checkpointing.save_tree(path, jax.device_get(state), overwrite=overwrite)
 
   # ------------------------------------------------------------------------------- train
-  def resume(self, checkpoint_dir: str, make_tickets: Callable[[], list[Ticket]], *,
-             family: steps_lib.Family | None = None, label: str = "") -> list[Ticket]:
-    """:func:`resume_group` for a group of ``family`` (default: the config's), logged."""
+  def resume(self, checkpoint_dir: str, make_tickets: Callable[[], list[groups.Ticket]], *,
+             family: steps_lib.Family | None = None, label: str = "") -> list[groups.Ticket]:
+    """:func:`groups.resume` for a group of ``family`` (default: the config's), logged."""
     shape = (self.state_shape if family is None
              else jax.eval_shape(family.init, jax.random.key(0)))
-    tickets, resumed = resume_group(checkpoint_dir, shape, make_tickets)
+    tickets, resumed = groups.resume(checkpoint_dir, shape, make_tickets)
     if resumed:
       logging.info("%sresuming %d tickets at step %d", label, len(tickets),
                    int(tickets[0].state.step))
     return tickets
 
-  def train(self, tickets: Sequence[Ticket], *, until_step: int, checkpoint_dir: str,
+  def train(self, tickets: Sequence[groups.Ticket], *, until_step: int, checkpoint_dir: str,
             family: steps_lib.Family | None = None, key: str = "", label: str = ""
             ) -> list[steps_lib.TrainState]:
     """Trains the group from its tickets' states to ``until_step``, checkpointing the group
-    (:func:`save_group`) every ``train.checkpoint_every`` steps in ``checkpoint_dir``; a killed
+    (:func:`groups.save`) every ``train.checkpoint_every`` steps in ``checkpoint_dir``; a killed
     run continues from :meth:`resume`'s tickets.
 
     Args:
@@ -392,7 +279,7 @@ class Context:
     with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
       def save(step, current):
         if step not in manager.all_steps():
-          save_group(manager, step, tickets, current)
+          groups.save(manager, step, tickets, current)
 
       first = int(tickets[0].state.step)
       last_log = [first]
@@ -413,10 +300,10 @@ class Context:
             boundary_every=cfg.checkpoint_every, on_chunk=on_chunk)
 
   # ------------------------------------------------------------------------------ finish
-  def finish(self, stage_dir: str, tickets: Sequence[Ticket], states: Sequence, *,
-             columns: Callable[[Ticket, Any], dict], family: steps_lib.Family | None = None,
-             keep: Callable[[Ticket], str | None] = lambda t: None,
-             scalar_step: Callable[[Ticket, Any], int] = lambda t, s: int(s.step),
+  def finish(self, stage_dir: str, tickets: Sequence[groups.Ticket], states: Sequence, *,
+             columns: Callable[[groups.Ticket, Any], dict], family: steps_lib.Family | None = None,
+             keep: Callable[[groups.Ticket], str | None] = lambda t: None,
+             scalar_step: Callable[[groups.Ticket, Any], int] = lambda t, s: int(s.step),
              save_masks: bool = True) -> list[dict]:
     """Saves and evaluates a trained group; returns every ticket's row, on every process.
 
@@ -456,8 +343,8 @@ class Context:
     return [n for n in names if not os.path.exists(os.path.join(stage_dir, n, "metrics.json"))]
 
   def run_stage(self, stage_dir: str, names: Sequence[str],
-                make_tickets: Callable[[list[str]], list[Ticket]], *, until_step: int,
-                columns: Callable[[Ticket, Any, Timing], dict],
+                make_tickets: Callable[[list[str]], list[groups.Ticket]], *, until_step: int,
+                columns: Callable[[groups.Ticket, Any, Timing], dict],
                 family: steps_lib.Family | None = None, key: str = "",
                 done_file: str | None = None, grid: str | None = None, label: str = "",
                 **finish_kwargs) -> list[dict]:

@@ -52,6 +52,7 @@ import ml_collections
 
 from lth_jax import branches
 from lth_jax import data as data_lib
+from lth_jax import groups
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import parallel
@@ -175,7 +176,7 @@ class _Stability:
     return masks_lib.load(os.path.join(self.ticket_dir(level, seed), "masks.npz"),
                           like=self.ctx.dense_masks(params))
 
-  def copy_tickets(self, level: int, names: list[str]) -> list[runs.Ticket]:
+  def copy_tickets(self, level: int, names: list[str]) -> list[groups.Ticket]:
     """The copies' starting states: the search's ticket branch at θ_k (level 0: θ_k itself)."""
     tickets = []
     for name in names:
@@ -184,7 +185,7 @@ class _Stability:
       masks = self.masks(level, seed, theta_k.params)
       state = theta_k if level == 0 else branches.rewind(
           self.ctx.family, theta_k, masks, restore_optimizer=self.config.lottery.rewind_optimizer)
-      tickets.append(runs.Ticket(name, state, masks, copy_run_key(seed),
+      tickets.append(groups.Ticket(name, state, masks, copy_run_key(seed),
                                  {"level": level, "branch": "copy", "seed": seed}))
     return tickets
 

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from lth_jax import groups
 from lth_jax import runs
 from lth_jax import validation
 
@@ -31,7 +32,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ctx = runs.Context(config, workdir)
   init_key, run_key = jax.random.split(jax.random.key(config.seed))
   state = ctx.family.init(init_key)
-  ticket = runs.Ticket("dense", state, ctx.dense_masks(state.params), run_key, {})
+  ticket = groups.Ticket("dense", state, ctx.dense_masks(state.params), run_key, {})
   start = time.perf_counter()
   checkpoints = os.path.join(workdir, "checkpoints")
   [state] = ctx.train(ctx.resume(checkpoints, lambda: [ticket]), until_step=config.train.steps,

@@ -62,6 +62,7 @@ import ml_collections
 from lth_jax import branches
 from lth_jax import configs
 from lth_jax import families
+from lth_jax import groups
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
 from lth_jax import runs
@@ -365,7 +366,7 @@ def _transferred_level(ctx: runs.Context, spec: Spec, source: ml_collections.Con
       state = initial_state(ctx.family, theta_k, m, init_from=spec.init_from,
                             source_theta_k=source_theta_k, name_map=spec.name_map,
                             restore_optimizer=config.lottery.rewind_optimizer)
-      tickets.append(runs.Ticket(name, state, m, runs.seed_keys(seed)["run"],
+      tickets.append(groups.Ticket(name, state, m, runs.seed_keys(seed)["run"],
                                  {"level": level, "branch": BRANCH, "seed": seed}))
     return tickets
 

@@ -6,6 +6,7 @@ import logging
 import jax
 import pytest
 
+from lth_jax import groups
 from lth_jax import progress
 from lth_jax import runs
 
@@ -69,5 +70,5 @@ def test_notebook_bar_needs_ipywidgets(monkeypatch):
     ([{}], "name0"),
 ])
 def test_label_names_what_a_group_trains(tags, expected):
-  tickets = [runs.Ticket(f"name{i}", None, None, None, t) for i, t in enumerate(tags)]
+  tickets = [groups.Ticket(f"name{i}", None, None, None, t) for i, t in enumerate(tags)]
   assert runs._trained(tickets) == expected   # pylint: disable=protected-access

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import checkpointing, configs, masks, pruning, runs, training
+from lth_jax import checkpointing, configs, groups, masks, pruning, runs, training
 from lth_jax import steps as steps_lib
 from tests.conftest import needs_fmnist
 
@@ -79,10 +79,11 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
                               optimizer=dict(lr=1e-3, b1=0.5, b2=0.999), batch_size=8)
   states = [fam.init(jax.random.key(seed)) for seed in (0, 1)]
   dense = masks.init(states[0].params)
-  tickets = [runs.Ticket("ticket_seed0", states[0], pruning.magnitude(states[0].params, dense, 0.5),
-                         jax.random.key(7), {"level": 1, "branch": "ticket", "seed": 0}),
-             runs.Ticket("random_seed1", states[1], dense, jax.random.PRNGKey(8),
-                         {"level": 1, "branch": "random", "seed": 1})]
+  pruned = pruning.magnitude(states[0].params, dense, 0.5)
+  tickets = [groups.Ticket("ticket_seed0", states[0], pruned, jax.random.key(7),
+                           {"level": 1, "branch": "ticket", "seed": 0}),
+             groups.Ticket("random_seed1", states[1], dense, jax.random.PRNGKey(8),
+                           {"level": 1, "branch": "random", "seed": 1})]
   shape = jax.eval_shape(fam.init, jax.random.key(0))
   built = []
 
@@ -90,12 +91,12 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
     built.append(True)
     return tickets
 
-  got, was_resumed = runs.resume_group(str(tmp_path / "whole"), shape, make_tickets)
+  got, was_resumed = groups.resume(str(tmp_path / "whole"), shape, make_tickets)
   assert got is tickets and not was_resumed and built
   with checkpointing.Manager(tmp_path / "whole") as manager:
-    runs.save_group(manager, 2, tickets, states)
+    groups.save(manager, 2, tickets, states)
   built.clear()
-  resumed, was_resumed = runs.resume_group(str(tmp_path / "whole"), shape, make_tickets)
+  resumed, was_resumed = groups.resume(str(tmp_path / "whole"), shape, make_tickets)
   assert was_resumed and not built
   for got, want in zip(resumed, tickets):
     assert (got.name, got.tags, got.run_key.dtype) == (want.name, want.tags, want.run_key.dtype)
@@ -105,11 +106,12 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
     chex.assert_trees_all_equal(got.state, jax.device_get(want.state))
   assert masks.sparsity(resumed[0].masks) == masks.sparsity(tickets[0].masks) > 0.49
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(states))
-  for layout, tree in (("stacked", {runs.GROUP_KEY: stacked}), ("per_ticket", {"tickets": states})):
+  for layout, tree in (("stacked", {groups.STATES_KEY: stacked}),
+                       ("per_ticket", {"tickets": states})):
     with checkpointing.Manager(tmp_path / layout) as manager:
       manager.save(2, tree)
     built.clear()
-    got, was_resumed = runs.resume_group(
+    got, was_resumed = groups.resume(
         str(tmp_path / layout), shape,
         lambda: make_tickets() and [t._replace(state=shape) for t in tickets])
     assert was_resumed and built
