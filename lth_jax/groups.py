@@ -47,6 +47,12 @@ def _key_record(key: jax.Array) -> dict:
   return {"data": np.asarray(key).tolist()}
 
 
+def _plain(tags: dict) -> dict:
+  """``tags`` with NumPy/JAX scalars as Python numbers, for the checkpoint's JSON metadata."""
+  return {k: v.item() if isinstance(v, (np.generic, jax.Array)) and np.ndim(v) == 0 else v
+          for k, v in tags.items()}
+
+
 def _key_from(record: dict) -> jax.Array:
   data = jnp.asarray(record["data"], jnp.uint32)
   return jax.random.wrap_key_data(data, impl=record["impl"]) if "impl" in record else data
@@ -64,7 +70,7 @@ def save(manager: checkpointing.Manager, step: int, tickets: Sequence[Ticket],
   """
   masks = [t.masks for t in tickets]
   metadata = {
-      "tickets": [{"name": t.name, "tags": t.tags, "run_key": _key_record(t.run_key)}
+      "tickets": [{"name": t.name, "tags": _plain(t.tags), "run_key": _key_record(t.run_key)}
                   for t in tickets],
       "masked_leaves": [m is not None
                         for m in jax.tree.leaves(masks[0], is_leaf=masks_lib.is_none)]}

@@ -83,7 +83,7 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
   tickets = [groups.Ticket("ticket_seed0", states[0], pruned, jax.random.key(7),
                            {"level": 1, "branch": "ticket", "seed": 0}),
              groups.Ticket("random_seed1", states[1], dense, jax.random.PRNGKey(8),
-                           {"level": 1, "branch": "random", "seed": 1})]
+                           {"level": np.int64(1), "branch": "random", "seed": 1})]
   shape = jax.eval_shape(fam.init, jax.random.key(0))
   built = []
 
@@ -100,6 +100,7 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
   assert was_resumed and not built
   for got, want in zip(resumed, tickets):
     assert (got.name, got.tags, got.run_key.dtype) == (want.name, want.tags, want.run_key.dtype)
+    assert all(type(v) in (int, str) for v in got.tags.values())   # NumPy scalars as JSON
     chex.assert_trees_all_equal(*(jax.random.key_data(t.run_key) if t is resumed[0]
                                   or t is tickets[0] else t.run_key for t in (got, want)))
     chex.assert_trees_all_equal(got.masks, jax.device_get(want.masks))
