@@ -11,11 +11,15 @@
 # steps again with while loops recorded into CUDA graphs (+WHILE,+CONDITIONAL).
 # Call 2: early-bird at the benchmark's usual size and with a batch of 512 (is the FLOPs cut
 # wall-clock once the step is bound by arithmetic?).
-# Call 3 (when the measurements are done and time is left): the reproduction's zoo searches
-# (claim 1, one seed each, cpu-scale sizes) on the GPU, for at most $BUDGET_S seconds (480); the
-# finished jobs come back as $OUT/zoo_jobs.tgz (results, masks, grids; no weights). Here, unpack
-# it into the CPU workdir for the jobs it does not have yet:
-#   tar xzf zoo_jobs.tgz -C /work/reproduce_cpu2 --skip-old-files
+# Call 3 (when the measurements are done and time is left): reproduction jobs (cpu-scale sizes)
+# on the GPU, one after another in $JOBS's order, until $BUDGET_S seconds (480) are spent. The
+# default list puts the zoo's searches first (claim 1, one seed each: issue 15's rows), then the
+# DCGAN jobs no other job reads weights from (claims 3, 4 and 6), the CPU's longest: on a CPU core
+# a width-16 DCGAN training of 4000 steps takes ~7 minutes. Every finished job comes back in
+# $OUT/jobs.tgz (results, masks, grids; no weights); a job cut by the budget is dropped. Here:
+#   bash benchmarks/gpu_session.sh unpack <files_at>/jobs.tgz /work/reproduce_cpu2
+# unpacks the jobs the CPU workdir does not have at all, and names the others (a job the CPU
+# workers have started stays theirs: one job's runs come from one machine).
 # Before the call, copy this machine's Fashion-MNIST classifier so that FID/KID use the same
 # feature space as the CPU runs:
 #   mkdir -p .device/classifiers && cp ~/.cache/lth_jax/classifiers/fmnist_clf-* .device/classifiers/
@@ -23,7 +27,18 @@
 set -euo pipefail
 case "${1:-}" in
   1|2|3) ;;
-  *) echo "usage: bash benchmarks/gpu_session.sh 1|2|3" >&2; exit 2 ;;
+  unpack)
+    [ $# -eq 3 ] || { echo "usage: bash benchmarks/gpu_session.sh unpack JOBS_TGZ WORKDIR" >&2;
+                      exit 2; }
+    for job in $(tar tzf "$2" | cut -d/ -f1 | sort -u); do
+      if [ -e "$3/$job" ]; then
+        echo "kept the workdir's own $job (it exists in $3)"
+      else
+        tar xzf "$2" -C "$3" "$job" && echo "unpacked $job"
+      fi
+    done
+    exit 0 ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh 1|2|3|unpack" >&2; exit 2 ;;
 esac
 out="${OUT:-gpu_session_out}"
 mkdir -p "$out"
@@ -46,14 +61,21 @@ case "$1" in
   3)
     mkdir -p "${LTH_JAX_CACHE_DIR:?source .device/env.sh first}/classifiers"
     cp .device/classifiers/* "$LTH_JAX_CACHE_DIR/classifiers/"
-    jobs=${JOBS:-search_linear_ae,search_vae_beta1,search_wgan_gp,search_sngan,search_resnet_vae,search_wgan,search_resnet_dcgan}
-    timeout "${BUDGET_S:-480}" python experiments/reproduce.py --scale=cpu --jobs="$jobs" \
-      --workdir=/tmp/repro --results_dir=/tmp/repro/results 2>&1 | grep -v '^I[0-9]' \
-      | tee "$out/reproduce.txt" || true
-    done_jobs=$(cd /tmp/repro && for d in search_*; do
-                  if [ -f "$d/job_done.json" ]; then echo "$d"; fi; done)
+    zoo=search_vae_beta1,search_wgan_gp,search_sngan,search_resnet_vae,search_wgan,search_resnet_dcgan
+    dcgan=search_dcgan_only_generator,search_dcgan_only_discriminator,search_dcgan_rewind0
+    dcgan=$dcgan,early_bird_dcgan_0.3,early_bird_dcgan_0.5,early_bird_dcgan_0.6,early_bird_dcgan_0.75
+    deadline=$((SECONDS + ${BUDGET_S:-480}))
+    for job in $(echo "${JOBS:-$zoo,$dcgan}" | tr , ' '); do
+      left=$((deadline - SECONDS))
+      [ "$left" -gt 30 ] || break
+      timeout "$left" python experiments/reproduce.py --scale=cpu --jobs="$job" \
+        --workdir=/tmp/repro --results_dir=/tmp/repro/results 2>&1 | grep -v '^I[0-9]' \
+        | tee -a "$out/reproduce.txt" || true
+    done
+    done_jobs=$(cd /tmp/repro && for d in */; do
+                  if [ -f "$d/job_done.json" ]; then echo "${d%/}"; fi; done)
     echo "finished: ${done_jobs:-none}" | tee -a "$out/reproduce.txt"
-    [ -z "$done_jobs" ] || tar czf "$out/zoo_jobs.tgz" -C /tmp/repro --exclude=trained \
+    [ -z "$done_jobs" ] || tar czf "$out/jobs.tgz" -C /tmp/repro --exclude=trained \
       --exclude=theta_0 --exclude=theta_k --exclude='checkpoints*' --exclude=job.lock $done_jobs
     ;;
 esac
