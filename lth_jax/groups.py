@@ -35,7 +35,8 @@ class Ticket(NamedTuple):
 
 
 def _stack(trees: Sequence[PyTree]) -> PyTree:
-  """Trees of one structure, stacked on a leading axis as NumPy (``None`` leaves kept)."""
+  """Trees of one structure, stacked on a leading axis as NumPy (``None`` leaves kept): the
+  host twin of ``parallel.stack``, so a group's stacked copy never takes device memory."""
   return jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(list(trees)))
 
 
@@ -123,10 +124,11 @@ def restore_states(manager: checkpointing.Manager, states: Sequence[PyTree]) -> 
     return manager.restore(like={"tickets": like})[0]["tickets"]
 
 
-def resume(checkpoint_dir: str, state_shape: PyTree,
+def resume(checkpoint_dir: str, state_shape: Callable[[], PyTree],
            make_tickets: Callable[[], list[Ticket]]) -> tuple[list[Ticket], bool]:
   """``(tickets, resumed)``: a group's tickets at the newest checkpoint in ``checkpoint_dir``
-  (``resumed``), else ``make_tickets()``.
+  (``resumed``), else ``make_tickets()``. ``state_shape()`` gives one ticket's state shape
+  (see :func:`load`); it is called only when there is a checkpoint.
 
   A checkpoint of :func:`save` holds the whole group, so nothing is rebuilt (rebuilding
   re-scored SNIP/GraSP/SynFlow, minutes per seed on CPU, and would silently pair the saved states
@@ -136,7 +138,7 @@ def resume(checkpoint_dir: str, state_shape: PyTree,
   with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
     if manager.latest_step() is None:
       return make_tickets(), False
-    tickets = load(manager, state_shape)
+    tickets = load(manager, state_shape())
     if tickets is None:
       tickets = make_tickets()
       states = restore_states(manager, [t.state for t in tickets])

@@ -255,8 +255,8 @@ class Context:
   def resume(self, checkpoint_dir: str, make_tickets: Callable[[], list[groups.Ticket]], *,
              family: steps_lib.Family | None = None, label: str = "") -> list[groups.Ticket]:
     """:func:`groups.resume` for a group of ``family`` (default: the config's), logged."""
-    shape = (self.state_shape if family is None
-             else jax.eval_shape(family.init, jax.random.key(0)))
+    shape = lambda: (self.state_shape if family is None
+                     else jax.eval_shape(family.init, jax.random.key(0)))
     tickets, resumed = groups.resume(checkpoint_dir, shape, make_tickets)
     if resumed:
       logging.info("%sresuming %d tickets at step %d", label, len(tickets),

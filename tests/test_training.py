@@ -91,12 +91,12 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
     built.append(True)
     return tickets
 
-  got, was_resumed = groups.resume(str(tmp_path / "whole"), shape, make_tickets)
+  got, was_resumed = groups.resume(str(tmp_path / "whole"), lambda: shape, make_tickets)
   assert got is tickets and not was_resumed and built
   with checkpointing.Manager(tmp_path / "whole") as manager:
     groups.save(manager, 2, tickets, states)
   built.clear()
-  resumed, was_resumed = groups.resume(str(tmp_path / "whole"), shape, make_tickets)
+  resumed, was_resumed = groups.resume(str(tmp_path / "whole"), lambda: shape, make_tickets)
   assert was_resumed and not built
   for got, want in zip(resumed, tickets):
     assert (got.name, got.tags, got.run_key.dtype) == (want.name, want.tags, want.run_key.dtype)
@@ -113,7 +113,7 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
       manager.save(2, tree)
     built.clear()
     got, was_resumed = groups.resume(
-        str(tmp_path / layout), shape,
+        str(tmp_path / layout), lambda: shape,
         lambda: make_tickets() and [t._replace(state=shape) for t in tickets])
     assert was_resumed and built
     assert isinstance(got[0].state.params["encoder"]["body"]["conv0"]["kernel"], np.ndarray)
