@@ -43,6 +43,17 @@ def test_every_job_of_every_claim_is_a_valid_run(scale):
       "generator": True, "discriminator": False}
 
 
+@pytest.mark.parametrize("claim", list(reproduction.CLAIMS))
+def test_each_claim_alone_runs_the_jobs_its_jobs_wait_for(claim):
+  # A stability job beside a half-finished search that is not in its list would be marked done
+  # with the search's levels so far: a claim's jobs include their sources.
+  jobs = reproduction.jobs_for([claim], "cpu")
+  names = [j.name for j in jobs]
+  for job in jobs:
+    if job.source:
+      assert job.source in names and names.index(job.source) < names.index(job.name), job.name
+
+
 def test_claim_subsets_run_only_their_branches():
   jobs = {j.name: j for j in reproduction.jobs_for([1], "cpu")}
   assert set(jobs) == {f"search_{f}" for f in reproduction.claim_families(1)}
