@@ -138,7 +138,7 @@ class _Run:
                 "train_cpu_seconds": timing.cpu_seconds / timing.tickets}
 
       tickets = [groups.Ticket(names[s], starts[s].state, starts[s].masks, self.keys[s]["run"],
-                             {"run": run, "seed": s}) for s in seeds]
+                               {"run": run, "seed": s}) for s in seeds]
       grid = (os.path.join(self.workdir, f"samples_{stage}.png") if seeds[0] == self.seeds[0]
               else None)
       self.ctx.run_stage(self.workdir, [t.name for t in tickets], lambda todo, t=tickets: t,

@@ -98,7 +98,7 @@ class _Search:
 
   def _ticket(self, level: int, branch: str, seed: int, state, masks) -> groups.Ticket:
     return groups.Ticket(f"{branch}_seed{seed}", state, masks, self.keys[seed]["run"],
-                       {"level": level, "branch": branch, "seed": seed})
+                         {"level": level, "branch": branch, "seed": seed})
 
   # ----------------------------------------------------------------------------- level 0
   def dense_level(self) -> list[dict]:

@@ -186,7 +186,7 @@ class _Stability:
       state = theta_k if level == 0 else branches.rewind(
           self.ctx.family, theta_k, masks, restore_optimizer=self.config.lottery.rewind_optimizer)
       tickets.append(groups.Ticket(name, state, masks, copy_run_key(seed),
-                                 {"level": level, "branch": "copy", "seed": seed}))
+                                   {"level": level, "branch": "copy", "seed": seed}))
     return tickets
 
   def level(self, level: int) -> list[dict]:

@@ -367,7 +367,7 @@ def _transferred_level(ctx: runs.Context, spec: Spec, source: ml_collections.Con
                             source_theta_k=source_theta_k, name_map=spec.name_map,
                             restore_optimizer=config.lottery.rewind_optimizer)
       tickets.append(groups.Ticket(name, state, m, runs.seed_keys(seed)["run"],
-                                 {"level": level, "branch": BRANCH, "seed": seed}))
+                                   {"level": level, "branch": BRANCH, "seed": seed}))
     return tickets
 
   def columns(ticket, state, timing):
