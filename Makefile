@@ -29,10 +29,8 @@ demo: venv data
 	$(PY) experiments/demo.py --workdir=$(DEMO_WORKDIR)
 
 # Two workers, stealing work from each other (measured 11.5 min vs 15 min with the default
-# distribution): the suite is dominated by single-threaded XLA compiles. The data set is built once
-# first so the workers never build it at the same time.
+# distribution): the suite is dominated by single-threaded XLA compiles.
 test: venv data
-	$(PY) -c "from lth_jax import data; data.load('fashion_mnist', 'test', limit=8)"
 	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean-venv:

@@ -29,16 +29,19 @@ Example:
   >>> batch = data.sample_batch(key, images, 64)                   # float32 [64,32,32,1]
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import gzip
+import hashlib
 import importlib.util
 import os
 import pathlib
 import struct
+import tempfile
 from typing import NamedTuple
 import zlib
 
 from etils import epath
+import filelock
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,17 +241,35 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield i, {'image': image, 'label': int(label)}
 
 
+def _prepared(make_builder: Callable[[], tfds.core.DatasetBuilder],
+              prepare: Callable[[tfds.core.DatasetBuilder], None]) -> tfds.core.DatasetBuilder:
+  """``make_builder()``, prepared by ``prepare(builder)`` unless it already is.
+
+  Processes on one host that ask at once (``reproduce.py --workers``, pytest-xdist) prepare it
+  once: the others wait on a lock file in the temporary directory named after the build's path,
+  then find it prepared (tfds would fail renaming its finished build onto the first one's).
+  """
+  builder = make_builder()
+  if builder.is_prepared():
+    return builder
+  digest = hashlib.sha256(os.fspath(builder.data_path).encode()).hexdigest()[:16]
+  with filelock.FileLock(os.path.join(tempfile.gettempdir(), f'lth_jax-prepare-{digest}.lock')):
+    builder = make_builder()  # Another process may have prepared it while this one waited.
+    if not builder.is_prepared():
+      prepare(builder)
+  return builder
+
+
 def _idx_data_source(split: str, data_dir: epath.Path, idx_dir: pathlib.Path):
-  builder = FashionMnistIdx(idx_dir=idx_dir, data_dir=data_dir)
-  if not builder.is_prepared():
+  def prepare(builder):
     _idx_paths(idx_dir)  # A clear error if the files are missing.
     builder.download_and_prepare()
+  builder = _prepared(lambda: FashionMnistIdx(idx_dir=idx_dir, data_dir=data_dir), prepare)
   return builder.as_data_source(split=split)
 
 
 def _tfds_data_source(name: str, split: str, data_dir: epath.Path, download: bool):
-  builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  if not builder.is_prepared():
+  def prepare(builder):
     if not download:
       hint = " or source='idx' (the default) to build it offline" if name == 'fashion_mnist' else ''
       raise DataNotFoundError(
@@ -266,6 +287,8 @@ def _tfds_data_source(name: str, split: str, data_dir: epath.Path, download: boo
           "tf.image). `pip install tensorflow-cpu`, run once with download=True, and uninstall "
           f"it if you like: reading the prepared data needs no TensorFlow. Downloads are kept in "
           f"{data_dir}/downloads.", name='tensorflow') from e
+  builder = _prepared(
+      lambda: tfds.builder(name, data_dir=data_dir, file_format='array_record'), prepare)
   return builder.as_data_source(split=split)
 
 

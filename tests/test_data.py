@@ -1,11 +1,13 @@
 """Tests of lth_jax.data: offline Fashion-MNIST build, tfds mock path, preprocessing, batching."""
 
+import concurrent.futures
 import gzip
 import importlib.util
 import itertools
 import pathlib
 import socket
 import struct
+import threading
 
 import chex
 import jax
@@ -112,6 +114,22 @@ def test_env_vars_choose_idx_and_data_dirs(tmp_path, monkeypatch):
 def test_build_is_reused_without_the_idx_files(fake, tmp_path):
   got = data.load('fashion_mnist', 'test', idx_dir=tmp_path / 'absent', data_dir=fake[1])
   np.testing.assert_array_equal(got.labels, fake[2]['test'][1])
+
+
+def test_loads_at_once_build_once(tmp_path):
+  """Workers that load an unbuilt data set at once (reproduce.py --workers) all get it: one
+  builds, the others wait for it (without the lock, tfds fails renaming the second build)."""
+  arrays = write_fake_idx_dir(tmp_path / 'idx')
+  start = threading.Barrier(3)
+
+  def load():
+    start.wait()
+    return data.load('fashion_mnist', 'test', idx_dir=tmp_path / 'idx', data_dir=tmp_path / 'tfds')
+
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    splits = [f.result() for f in [pool.submit(load) for _ in range(3)]]
+  for split in splits:
+    np.testing.assert_array_equal(split.labels, arrays['test'][1])
 
 
 @pytest.fixture(scope='session')
