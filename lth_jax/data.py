@@ -10,8 +10,9 @@ Sources:
   * ``fashion_mnist`` (default ``source='auto'`` = ``'idx'``): built offline, once, from the
     original IDX files installed by Debian's package ``dataset-fashion-mnist``
     (``/usr/share/datasets/fashion-mnist``; another directory via ``idx_dir=`` or the
-    environment variable ``LTH_JAX_FMNIST_DIR``). The build is cached in
-    ``<data_dir>/fashion_mnist_idx``; delete that directory to rebuild from other IDX files.
+    environment variable ``LTH_JAX_FMNIST_DIR``; ``lth_jax.fashion_mnist_idx`` reads them). The
+    build is cached in ``<data_dir>/fashion_mnist_idx``; delete that directory to rebuild from
+    other IDX files. Processes that load it at once build it once (a file lock).
   * ``mnist``, ``cifar10``, ``celeb_a`` and ``fashion_mnist`` with ``source='tfds'``: tfds' own
     builders. They are downloaded and prepared only when ``download=True`` is passed (needs
     internet; tfds' mnist, fashion_mnist and cifar10 builders also need TensorFlow while
@@ -30,15 +31,12 @@ Example:
 """
 
 from collections.abc import Callable, Iterator
-import gzip
 import hashlib
 import importlib.util
 import os
 import pathlib
-import struct
 import tempfile
 from typing import NamedTuple
-import zlib
 
 from etils import epath
 import filelock
@@ -47,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from lth_jax import fashion_mnist_idx
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'celeb_a')
 SPLITS = ('train', 'test')
@@ -57,8 +57,6 @@ FMNIST_DIR_ENV = 'LTH_JAX_FMNIST_DIR'
 DEFAULT_DATA_DIR = '~/.cache/lth_jax/tensorflow_datasets'
 DEFAULT_FMNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
-FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
-                         'Sneaker', 'Bag', 'Ankle boot')
 # Side of the square centre crop taken from CelebA's 218x178 images before resizing.
 CELEB_A_CROP = 140
 
@@ -68,18 +66,10 @@ _NUM_CLASSES = {'fashion_mnist': 10, 'mnist': 10, 'cifar10': 10, 'celeb_a': 1}
 _IMAGE_SIZES = {'fashion_mnist': (28, 32), 'mnist': (28, 32), 'cifar10': (32,), 'celeb_a': (32, 64)}
 # Examples decoded per batched read in `load`: bounds the memory of undecoded CelebA images.
 _READ_CHUNK = 512
-_IDX_FILES = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
-}
 
 
 class DataNotFoundError(FileNotFoundError):
   """A data set is neither prepared in ``data_dir`` nor available to build or download."""
-
-
-class CorruptDataError(ValueError):
-  """A source file exists but does not hold what it should (the message names the path)."""
 
 
 class MissingDependencyError(ModuleNotFoundError):
@@ -137,108 +127,16 @@ def default_fmnist_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get(FMNIST_DIR_ENV) or DEFAULT_FMNIST_DIR).expanduser()
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-  """Reads a gzip-compressed IDX file of unsigned bytes (the MNIST file format).
-
-  Args:
-    path: an ``*-ubyte.gz`` file.
-
-  Returns:
-    uint8 array shaped as the IDX header says, e.g. [N, 28, 28] for images, [N] for labels.
-
-  Raises:
-    CorruptDataError: the file is not gzip, not IDX of unsigned bytes, or its size does not
-      match its header.
-  """
-  try:
-    with gzip.open(path, 'rb') as f:
-      raw = f.read()
-  except (OSError, EOFError, zlib.error) as e:
-    raise CorruptDataError(f'{path} is not a readable gzip file: {e}') from e
-  if len(raw) < 4 or raw[:3] != b'\x00\x00\x08':
-    raise CorruptDataError(
-        f'{path} is not an IDX file of unsigned bytes (magic number {raw[:4].hex() or "missing"}, '
-        'expected 000008 followed by the number of dimensions).')
-  ndim = raw[3]
-  offset = 4 + 4 * ndim
-  if len(raw) < offset:
-    raise CorruptDataError(f'{path}: IDX header of {ndim} dimensions is truncated.')
-  dims = struct.unpack(f'>{ndim}I', raw[4:offset])
-  expected = offset + int(np.prod(dims, dtype=np.int64))
-  if len(raw) != expected:
-    raise CorruptDataError(
-        f'{path}: IDX header announces shape {dims} ({expected} bytes) but the file holds '
-        f'{len(raw)} bytes.')
-  return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
-
-
-def _idx_paths(idx_dir: pathlib.Path) -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
-  """The four Fashion-MNIST IDX files; raises DataNotFoundError if any is missing."""
-  paths = {s: tuple(idx_dir / f for f in files) for s, files in _IDX_FILES.items()}
-  missing = [p.name for pair in paths.values() for p in pair if not p.is_file()]
+def _check_idx_files(idx_dir: pathlib.Path) -> None:
+  """Raises DataNotFoundError unless the four Fashion-MNIST IDX files are in ``idx_dir``."""
+  missing = [f for pair in fashion_mnist_idx.FILES.values() for f in pair
+             if not (idx_dir / f).is_file()]
   if missing:
     raise DataNotFoundError(
         f'Fashion-MNIST IDX files not found in {idx_dir} (missing: {", ".join(missing)}). '
         "Install Debian's package dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`), "
         f'or set {FMNIST_DIR_ENV} (or idx_dir=) to a directory holding the four *-ubyte.gz files, '
         "or use source='tfds' with download=True.")
-  return paths
-
-
-def _read_fashion_mnist(images_path: pathlib.Path,
-                        labels_path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Reads and checks one split's IDX pair: uint8 [N, 28, 28, 1] images, uint8 [N] labels."""
-  images, labels = read_idx(images_path), read_idx(labels_path)
-  if images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise CorruptDataError(f'{images_path}: expected images [N, 28, 28], got {images.shape}.')
-  if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-    raise CorruptDataError(
-        f'{labels_path}: expected {images.shape[0]} labels (as many as images in '
-        f'{images_path.name}), got shape {labels.shape}.')
-  if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-    raise CorruptDataError(f'{labels_path}: label {labels.max()} is not a class id in [0, 10).')
-  return images[..., None], labels
-
-
-class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """tfds builder of Fashion-MNIST from the original IDX files, in array_record format.
-
-  Examples keep the IDX order (``disable_shuffling=True``; without it tfds reorders them).
-  Images are stored as raw uint8 bytes: no PNG encoding (which would need TensorFlow), and
-  ~6x faster to write than tfds' default int64 lists.
-  """
-
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Fashion-MNIST from the original IDX files, IDX order kept.'}
-
-  def __init__(self, *, idx_dir: str | os.PathLike, **kwargs):
-    """Args: idx_dir: directory of the four IDX .gz files; kwargs: tfds builder options."""
-    self._idx_dir = pathlib.Path(idx_dir)
-    super().__init__(file_format='array_record', **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description='Fashion-MNIST (Xiao et al. 2017), 28x28 grey images of 10 clothing classes.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8,
-                                          encoding=tfds.features.Encoding.BYTES),
-            'label': tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://github.com/zalandoresearch/fashion-mnist',
-        disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    # Every file is read and checked here, before tfds writes anything.
-    arrays = {s: _read_fashion_mnist(*pair) for s, pair in _idx_paths(self._idx_dir).items()}
-    return {s: self._generate_examples(*pair) for s, pair in arrays.items()}
-
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {'image': image, 'label': int(label)}
 
 
 def _prepared(make_builder: Callable[[], tfds.core.DatasetBuilder],
@@ -262,9 +160,10 @@ def _prepared(make_builder: Callable[[], tfds.core.DatasetBuilder],
 
 def _idx_data_source(split: str, data_dir: epath.Path, idx_dir: pathlib.Path):
   def prepare(builder):
-    _idx_paths(idx_dir)  # A clear error if the files are missing.
+    _check_idx_files(idx_dir)
     builder.download_and_prepare()
-  builder = _prepared(lambda: FashionMnistIdx(idx_dir=idx_dir, data_dir=data_dir), prepare)
+  builder = _prepared(
+      lambda: fashion_mnist_idx.FashionMnistIdx(idx_dir=idx_dir, data_dir=data_dir), prepare)
   return builder.as_data_source(split=split)
 
 
@@ -343,7 +242,7 @@ def load(name: str,
   Raises:
     ValueError: unknown name, split, source or image_size, or a bad ``limit``.
     DataNotFoundError: the data is not prepared and cannot be built or was not to be downloaded.
-    CorruptDataError: an IDX file is damaged (the message names it).
+    fashion_mnist_idx.CorruptDataError: an IDX file is damaged (the message names it).
     MissingDependencyError: tfds needs TensorFlow to prepare the data set (``download=True``).
   """
   _check_name(name)

@@ -17,6 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lth_jax import data
+from lth_jax import fashion_mnist_idx
 
 DEBIAN_DIR = pathlib.Path(data.DEFAULT_FMNIST_DIR)
 N_TRAIN, N_TEST = 20, 10
@@ -146,8 +147,8 @@ def debian_data_dir(tmp_path_factory):
 def test_real_debian_fashion_mnist(debian_data_dir, split, prefix, n):
   got = data.load('fashion_mnist', split, idx_dir=DEBIAN_DIR, data_dir=debian_data_dir)
   chex.assert_shape(got.images, (n, 32, 32, 1))
-  images = data.read_idx(DEBIAN_DIR / f'{prefix}-images-idx3-ubyte.gz')
-  labels = data.read_idx(DEBIAN_DIR / f'{prefix}-labels-idx1-ubyte.gz')
+  images = fashion_mnist_idx.read_idx(DEBIAN_DIR / f'{prefix}-images-idx3-ubyte.gz')
+  labels = fashion_mnist_idx.read_idx(DEBIAN_DIR / f'{prefix}-labels-idx1-ubyte.gz')
   np.testing.assert_array_equal(got.images[:, 2:30, 2:30, 0], images)
   np.testing.assert_array_equal(got.labels, labels)
   np.testing.assert_array_equal(np.bincount(got.labels), [n // 10] * 10)
@@ -236,7 +237,7 @@ def test_corrupt_idx_file_error_names_the_path(tmp_path, corrupt, match):
   write_fake_idx_dir(tmp_path / 'idx')
   bad = tmp_path / 'idx' / 't10k-images-idx3-ubyte.gz'
   corrupt(bad)
-  with pytest.raises(data.CorruptDataError, match=match) as info:
+  with pytest.raises(fashion_mnist_idx.CorruptDataError, match=match) as info:
     data.load('fashion_mnist', 'train', idx_dir=tmp_path / 'idx', data_dir=tmp_path / 'tfds')
   assert str(bad) in str(info.value)
   # Nothing half-built is left behind: a repaired directory builds and loads.
@@ -249,7 +250,8 @@ def test_mismatched_label_count_error(tmp_path):
   write_fake_idx_dir(tmp_path / 'idx')
   bad = tmp_path / 'idx' / 'train-labels-idx1-ubyte.gz'
   write_idx(bad, np.zeros(N_TRAIN - 1, np.uint8))
-  with pytest.raises(data.CorruptDataError, match=f'{bad}: expected {N_TRAIN} labels'):
+  with pytest.raises(fashion_mnist_idx.CorruptDataError,
+                     match=f'{bad}: expected {N_TRAIN} labels'):
     data.load('fashion_mnist', 'train', idx_dir=tmp_path / 'idx', data_dir=tmp_path / 'tfds')
 
 

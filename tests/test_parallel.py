@@ -8,7 +8,10 @@ save each ticket's final state as one flat vector, next to the same tickets trai
 ``steps.jit_multi_step`` in the same process (XLA CPU splits work by the process's device count,
 so a ticket alone on a 4-device process differs in the last bits from one on a 1-device
 process). Sequential execution must match bit for bit; vmapped convolutions and a batch split
-over the ``data`` axis reorder float sums and match within tolerance.
+over the ``data`` axis reorder float sums and match within tolerance. The two processes compile
+with the suite's fast emitters (LEGACY_EMITTERS), with which a ticket in the runner is only close
+to the ticket alone, but a resumed run equals the uninterrupted one, and their search the
+one-process search, bit for bit.
 """
 import functools
 import json
@@ -197,7 +200,7 @@ _COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=60
                         "--xla_cpu_collective_timeout_seconds=300")
 
 
-def _worker(*args, devices, bit_identical=True, **env):
+def _worker(*args, devices, bit_identical=False, **env):
   """A worker process with ``devices`` forced host devices and the suite's ``XLA_FLAGS``
   (conftest.py; measured ~30% less CPU than XLA's defaults) but, if ``bit_identical``, XLA's
   default fusion emitters, with which a ticket in the runner is bit-identical to the ticket alone
@@ -431,9 +434,9 @@ def test_two_processes_split_tickets_checkpoint_and_resume(runs):
     with open(runs["dir"] / f"process{pid}.json") as f:
       infos.append(json.load(f))
     with np.load(runs["dir"] / f"process{pid}.npz") as f:
-      for i in range(3):   # every process gets every ticket back, equal to the ticket alone
-        np.testing.assert_array_equal(f[f"trained/{i}"], f[f"alone/{i}"])
-        np.testing.assert_array_equal(f[f"resumed/{i}"], f[f"alone/{i}"])
+      for i in range(3):   # every process gets every ticket back, as trained alone
+        np.testing.assert_allclose(f[f"trained/{i}"], f[f"alone/{i}"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(f[f"resumed/{i}"], f[f"trained/{i}"])
   assert infos[0]["owners"] == infos[1]["owners"] == [0, 0, 1]
   assert infos[0]["global_devices"] == 2 and infos[0]["local_devices"] == 1
   assert infos[0]["steps"] == [2, 3] and infos[0]["restored_step"] == 2
