@@ -3,7 +3,7 @@ existing workdir left byte-identical.
 
 Each case runs ``experiments/<binary>.py`` with its arguments as ``python <binary> <args>`` would,
 in a process of its own; the processes are forked from one server process (this file run as a
-script) that imported the library once, so the 30 cases do not each pay ~3 CPU-s of imports.
+script) that imported the library once, so the 34 cases do not each pay ~3 CPU-s of imports.
 """
 import hashlib
 import json
@@ -75,6 +75,15 @@ CASES = {
         (["--workdir={tmp}/finished", "--metric=nope"], "--metric='nope' is not a numeric column"),
         ([NO_WORKDIR], "missing required flag --workdir"),
     ],
+    "reproduce": [
+        (["--scale=smoke", "--claims=1,9"], "unknown claim(s) [9]"),
+        (["--scale=smoke", "--workers=0"], "--workers must be >= 1, got 0"),
+        (["--scale=smoke", "--claims=1", "--jobs=search_ae,search_nope"],
+         "--jobs: ['search_nope'] are not jobs of claims [1] at scale 'smoke'; those are: "
+         "search_ae"),
+        (["--scale=smoke", "--jobs=stability_ae"],
+         "--jobs: ['stability_ae'] need ['search_ae'] finished first"),
+    ],
 }
 
 
@@ -113,7 +122,9 @@ def serve(cases_path: str) -> None:
   """Runs every case of ``cases_path`` (JSON: [{script, argv, cwd, out}]) in a forked child, as
   the interpreter would run the script: its exit status and output (stdout and stderr, with a
   traceback for an uncaught exception) go to ``out`` and ``out.status``."""
-  from lth_jax import early_bird, experiment_main, lottery, report, training, transfer  # noqa: F401,I001  pylint: disable=g-import-not-at-top,unused-import
+  # Imported once, before the forks. pylint: disable=g-import-not-at-top,unused-import
+  from lth_jax import early_bird, experiment_main, lottery, report  # noqa: F401
+  from lth_jax import reproduction, training, transfer  # noqa: F401
   with open(cases_path) as f:
     cases = json.load(f)
   for case in cases:
@@ -206,7 +217,7 @@ def test_bad_invocations_are_refused_before_any_work(binary, results):
 
 def test_at_least_twenty_cases_over_every_binary():
   assert sum(len(c) for c in CASES.values()) >= 20
-  assert set(CASES) == {"train", "find_tickets", "early_bird", "transfer", "report"}
+  assert set(CASES) == {"train", "find_tickets", "early_bird", "transfer", "report", "reproduce"}
 
 
 if __name__ == "__main__":

@@ -118,29 +118,6 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   assert "Highest winning sparsity" in partial
 
 
-def test_unknown_jobs_are_refused_with_the_known_ones(tmp_path):
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
-         "--claims=1", "--jobs=search_ae,search_nope", f"--workdir={tmp_path / 'runs'}"]
-  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-  assert out.returncode == 2
-  assert "--jobs: ['search_nope'] are not jobs of claims [1]" in out.stderr
-  assert "those are: search_ae" in out.stderr and "Traceback" not in out.stderr
-  assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.parametrize("flag, message", [("--claims=1,9", "unknown claim(s) [9]"),
-                                           ("--workers=0", "--workers must be >= 1, got 0"),
-                                           ("--jobs=stability_ae", "--jobs: ['stability_ae'] "
-                                            "need ['search_ae'] finished first")])
-def test_bad_claims_are_refused_with_one_line(tmp_path, flag, message):
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--scale=smoke",
-         flag, f"--workdir={tmp_path / 'runs'}"]
-  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-  assert out.returncode == 2
-  assert message in out.stderr and "Traceback" not in out.stderr
-  assert not (tmp_path / "runs").exists()
-
-
 def test_job_clock_writes_while_running_and_accumulates(tmp_path):
   path = str(tmp_path / "job" / "job_time.json")
   with reproduction._job_clock(path, every_s=0.02):   # pylint: disable=protected-access
