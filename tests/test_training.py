@@ -129,8 +129,4 @@ def test_binary_with_overrides(tmp_path):
                        env={**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"})
   assert out.returncode == 0, out.stderr[-3000:]
   with open(workdir / "final_metrics.json") as f:
-    assert json.load(f)["step"] == 4
-  bad = subprocess.run(cmd[:2] + [f"--config={ROOT}/experiments/configs/ae_fmnist.py:nope",
-                                  f"--workdir={tmp_path / 'bad'}"],
-                       capture_output=True, text=True, timeout=600)
-  assert bad.returncode != 0 and "unknown preset 'nope'" in bad.stderr
+    assert json.load(f)["step"] == 4   # (bad invocations: test_cli.py)
