@@ -6,7 +6,9 @@ r"""Reproduces the paper's claims: one resumable command, one results page.
 
 Each claim's jobs (lottery searches, transfers, early-bird runs, stability) run in
 ``--workdir/<job>``; an interrupted run continues where it stopped, and finished jobs are
-skipped, so running the command again trains nothing and rewrites the page. Several
+skipped, so running the command again trains nothing and rewrites the page. A job that fails
+prints one ``error:`` line and the others go on (those that read it wait for the next run);
+the command then exits with status 2, naming them. Several
 processes may run the command on one workdir at once and share its jobs; on a CPU machine one
 per core trains faster than one process on every core, which ``--workers`` starts::
 
@@ -112,21 +114,21 @@ def main(argv) -> None:
     run_workers(_WORKERS.value)
     return
   experiment_main.maybe_initialize_distributed()
-  started = []
 
   def announce(job: reproduction.Job) -> None:
-    started.append(job.name)
     print(f"== {job.name} ({job.binary})", flush=True)
 
-  try:
-    reproduction.run_jobs(jobs, workdir, announce=announce)
-  except experiment_main.USER_ERRORS as e:
-    experiment_main.fail(f"{started[-1]}: {e}" if started else str(e))
+  failed = reproduction.run_jobs(
+      jobs, workdir, announce=announce, keep_going=experiment_main.USER_ERRORS,
+      on_failure=lambda job, error: experiment_main.print_error(f"{job.name}: {error}"))
   command = "python experiments/reproduce.py " + " ".join(without_workers(sys.argv[1:]))
   with reproduction.file_lock(os.path.join(workdir, "report.lock"), wait=True):
     page = reproduction_report.write(workdir, results, claims, scale, command)
   print(page)
   print(f"results in {os.path.abspath(results)}")
+  if failed:
+    experiment_main.fail(f"jobs not finished: {', '.join(failed)} (failed, or reading one "
+                         "that failed; messages above): the same command tries them again")
 
 
 if __name__ == "__main__":

@@ -51,12 +51,17 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or not noisy
 
 
-def fail(message: str) -> NoReturn:
-  """Prints ``error: <message>`` as one line on stderr and exits with status 2."""
+def print_error(message: str) -> None:
+  """Prints ``error: <message>`` as one line on stderr."""
   lines = [line.strip() for line in str(message).splitlines() if line.strip()]
   if any(line.startswith("Traceback") for line in lines):
     lines = lines[-1:]    # a wrapped exception: its own last line is the message
-  print("error: " + " ".join(lines), file=sys.stderr)
+  print("error: " + " ".join(lines), file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> NoReturn:
+  """Prints ``error: <message>`` as one line on stderr and exits with status 2."""
+  print_error(message)
   sys.exit(2)
 
 

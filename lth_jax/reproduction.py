@@ -399,19 +399,45 @@ def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job
 
 
 def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 10.0,
-             announce: Callable[[Job], None] = lambda job: None) -> None:
-  """Runs ``jobs`` (:func:`jobs_for`'s order) until every one is finished, beside any other
-  processes working on ``workdir``: the first job that is free (not locked by another process,
-  its ``source`` not pending) runs, then the list is scanned again from the top; when every
-  pending job is locked or waiting, checks again after ``poll_s`` seconds. ``announce(job)``
-  is called when this process starts a job."""
-  pending = list(jobs)
+             announce: Callable[[Job], None] = lambda job: None, *,
+             keep_going: tuple[type[BaseException], ...] = (),
+             on_failure: Callable[[Job, BaseException], None] = lambda job, error: None
+             ) -> list[str]:
+  """Runs ``jobs`` (:func:`jobs_for`'s order) until every one is finished or failed, beside any
+  other processes working on ``workdir``: the first job that is free (not locked by another
+  process, its ``source`` not pending) runs, then the list is scanned again from the top; when
+  every pending job is locked or waiting, checks again after ``poll_s`` seconds.
+  ``announce(job)`` is called when this process starts a job.
+
+  A job that raises one of ``keep_going`` fails: ``on_failure(job, error)`` is called, the jobs
+  that read it (``source``) are dropped, and the others go on, so one failure does not stop an
+  unattended multi-day run. A failed job stays unfinished: another process, or the next run of
+  the command, tries it again. Any other exception propagates.
+
+  Returns:
+    The names of the jobs that failed here or were dropped for a failed source, in order.
+  """
+  pending, failed = list(jobs), []
   while pending:
     waiting = {job.name for job in pending}
     for job in pending:
-      if job.source not in waiting and run_job(job, workdir, announce):
+      if job.source in failed:
+        failed.append(job.name)
+        pending.remove(job)
+        break
+      if job.source in waiting:
+        continue
+      try:
+        finished = run_job(job, workdir, announce)
+      except keep_going as error:
+        on_failure(job, error)
+        failed.append(job.name)
+        pending.remove(job)
+        break
+      if finished:
         pending.remove(job)
         break
     else:
       time.sleep(poll_s)
       pending = [job for job in pending if not job_finished(job, workdir)]
+  return failed

@@ -180,6 +180,31 @@ def test_run_jobs_leaves_a_locked_job_to_its_process_and_waits_for_a_source(tmp_
   assert reproduction.job_finished(check, workdir) and reproduction.job_finished(other, workdir)
 
 
+def test_run_jobs_goes_on_past_a_failed_job_and_drops_its_readers(tmp_path, monkeypatch):
+  import ml_collections   # pylint: disable=g-import-not-at-top
+  from lth_jax import lottery, stability   # pylint: disable=g-import-not-at-top
+  config = lambda i: ml_collections.ConfigDict({"family": "ae", "i": i})
+  bad, other = (reproduction.Job(n, "find_tickets", config(i))
+                for i, n in enumerate(("bad", "other")))
+  check = reproduction.Job("check", "stability", config(2), source="bad")
+  ran, seen = [], []
+
+  def search(cfg, path):
+    if os.path.basename(path) == "bad":
+      raise ValueError("no data")
+    ran.append(os.path.basename(path))
+
+  monkeypatch.setattr(lottery, "run", search)
+  monkeypatch.setattr(stability, "run", lambda cfg, path, source: ran.append("check"))
+  failed = reproduction.run_jobs([bad, check, other], str(tmp_path), 0.01, keep_going=(ValueError,),
+                                 on_failure=lambda job, e: seen.append((job.name, str(e))))
+  assert failed == ["bad", "check"] and seen == [("bad", "no data")] and ran == ["other"]
+  assert not reproduction.job_finished(bad, str(tmp_path))       # tried again by the next run
+  assert reproduction.job_finished(other, str(tmp_path))
+  with pytest.raises(ValueError, match="no data"):               # not kept going: propagates
+    reproduction.run_jobs([bad], str(tmp_path), 0.01)
+
+
 def test_claim1_repeats_its_table_in_kid_for_families_that_have_it():
   rows = [{"level": lv, "branch": b, "seed": s, "sparsity": 0.36 * (lv > 0),
            "fid_fmnist_clf": 100.0 - lv - s, "kid_fmnist_clf": kid + 0.1 * s}
