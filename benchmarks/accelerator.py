@@ -56,7 +56,7 @@ import train_step as bench  # noqa: E402  (the shared DCGAN setup and the PyTorc
 from lth_jax import data as data_lib  # noqa: E402
 from lth_jax import layers  # noqa: E402
 from lth_jax import masks as masks_lib  # noqa: E402
-from lth_jax import parallel, pruning, steps  # noqa: E402
+from lth_jax import meshes, parallel, pruning, steps  # noqa: E402
 from lth_jax.models import dcgan  # noqa: E402
 
 HORIZON = 5000    # steps of one DCGAN ticket, for tickets/hour
@@ -277,7 +277,7 @@ def main(argv=None) -> None:
   images = jnp.asarray(rng.integers(0, 256, (bench.N_IMAGES, bench.IMAGE, bench.IMAGE,
                                              bench.CHANNELS), np.uint8))
   states, masks, keys = tickets(fam, max(counts + [args.layer_tickets]))
-  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  mesh = meshes.make_mesh(devices=jax.devices()[:1])
   auto = parallel.resolve_execution("auto", backend)
   loop = steps.resolve_loop("auto", backend)
 

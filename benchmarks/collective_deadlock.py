@@ -55,7 +55,7 @@ def child(scenario: str, path: str, calls: int, evidence: bool) -> None:
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
 
-  from lth_jax import parallel  # pylint: disable=g-import-not-at-top
+  from lth_jax import meshes, parallel  # pylint: disable=g-import-not-at-top
   from lth_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
   fam = steps_lib.make_family("dcgan", channels=1, image_size=32, width=8, z_dim=16,
@@ -66,13 +66,13 @@ def child(scenario: str, path: str, calls: int, evidence: bool) -> None:
   masks = [steps_lib.dense_masks(fam, s.params, {p: True for p in fam.parts}) for s in states]
   keys = [jax.random.key(100 + i) for i in range(t)]
   try:
-    runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(data_parallel=data_parallel),
+    runner = parallel.TicketRunner(fam, mesh=meshes.make_mesh(data_parallel=data_parallel),
                                    execution="sequential")
   except ValueError as e:
     print(f"REFUSED: {e}", flush=True)
     sys.exit(REFUSED)
   sharding = NamedSharding(runner.mesh, P("ticket"))
-  padded = parallel.padded_count(t, runner.num_shards)
+  padded = meshes.padded_count(t, runner.num_shards)
 
   def on_mesh(trees):  # the states as the old train's program left them: ticket-sharded
     host = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),

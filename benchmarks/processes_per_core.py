@@ -39,12 +39,12 @@ def child(core: int | None, width: int, tickets: int, steps: int, barrier: str,
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   import accelerator  # pylint: disable=g-import-not-at-top  (its DCGAN tickets)
-  from lth_jax import parallel  # pylint: disable=g-import-not-at-top
+  from lth_jax import meshes, parallel  # pylint: disable=g-import-not-at-top
 
   fam = accelerator.family(width)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 1), np.uint8))
   states, masks, keys = accelerator.tickets(fam, tickets)
-  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+  runner = parallel.TicketRunner(fam, mesh=meshes.make_mesh(devices=jax.devices()[:1]),
                                  execution="sequential", steps_per_call=1)
   current = runner.train(states, masks, images, keys, until_step=2)
   jax.block_until_ready(current)

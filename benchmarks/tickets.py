@@ -45,7 +45,7 @@ def child(tickets: list[int], executions: list[str], steps: int, repeats: int) -
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from lth_jax import parallel, pruning  # pylint: disable=g-import-not-at-top
+  from lth_jax import meshes, parallel, pruning  # pylint: disable=g-import-not-at-top
   from lth_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
   fam = steps_lib.make_family("dcgan", channels=1, image_size=32, width=32, z_dim=100,
@@ -59,7 +59,7 @@ def child(tickets: list[int], executions: list[str], steps: int, repeats: int) -
     masks.append(pruning.magnitude(state.params, dense, 0.5))
     states.append(state)
     keys.append(jax.random.key(1000 + i))
-  mesh = parallel.make_mesh()
+  mesh = meshes.make_mesh()
   for execution in executions:
     runner = parallel.TicketRunner(fam, mesh=mesh, execution=execution)
     for t in tickets:

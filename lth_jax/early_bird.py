@@ -50,7 +50,7 @@ from lth_jax import flops
 from lth_jax import groups
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
+from lth_jax import meshes
 from lth_jax import runs
 from lth_jax import steps as steps_lib
 from lth_jax import validation
@@ -203,7 +203,7 @@ class _Run:
         if self.ctx.is_main:
           masks_lib.save(self.path("search", seed, "mask.npz"), result.mask, overwrite=True)
           runs.write_json(self.path("search", seed, "search.json"), row)
-      parallel.barrier("early-bird-search")
+      meshes.barrier("early-bird-search")
     return {s: (runs.read_json(self.path("search", s, "search.json")),
                 masks_lib.load(self.path("search", s, "mask.npz"), like=self._mask_like()),
                 self.ctx.load_state(self.path("search", s, "drawn_state")))

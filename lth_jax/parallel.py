@@ -31,7 +31,7 @@ Collectives: with ``data`` of size 1 the program has none, and so does everythin
 Per-ticket results leave a multi-device mesh as host NumPy trees (``jax.device_get`` copies each
 device's block): slicing ticket i out of a ticket-sharded device array would compile to an
 all-reduce over every device, which XLA's CPU client can deadlock (see
-:func:`cpu_collective_deadlock_risk`). A ``data`` axis > 1 needs all-reduces inside the step;
+:func:`lth_jax.meshes.cpu_collective_deadlock_risk`). A ``data`` axis > 1 needs all-reduces inside the step;
 where XLA's CPU thread pool is too small for them, :class:`TicketRunner` refuses to start.
 
 The ``data`` axis splits each ticket's batch over ``data_parallel`` devices: the batch drawn by
@@ -49,16 +49,15 @@ so every process can take part in collective Orbax saves of any ticket.
 
 Example::
 
-  mesh = parallel.make_mesh(data_parallel=1)
+  mesh = meshes.make_mesh(data_parallel=1)
   runner = parallel.TicketRunner(family, mesh=mesh, execution='auto')
   states = runner.train(states, masks, images, run_keys, until_step=1000)
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -70,10 +69,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lth_jax import layers
+from lth_jax import meshes
 from lth_jax import steps as steps_lib
 
 PyTree = Any
-AXES = ("ticket", "data")
 EXECUTIONS = ("auto", "sequential", "vmap", "batched", "tune")
 CANDIDATES = ("sequential", "vmap", "batched")     # what 'tune' chooses from
 
@@ -94,72 +93,6 @@ def resolve_execution(execution: str, platform: str | None = None) -> str:
   return "sequential" if (platform or jax.default_backend()) in ("cpu", "gpu") else "tune"
 
 
-def make_mesh(*, data_parallel: int = 1, devices: Sequence[jax.Device] | None = None
-              ) -> jax.sharding.Mesh:
-  """A ``('ticket', 'data')`` mesh, both axes left to the compiler (``AxisType.Auto``).
-
-  Args:
-    data_parallel: devices per ticket on the ``data`` axis (each ticket's batch is split over
-      them); the ``ticket`` axis gets ``len(devices) // data_parallel``.
-    devices: the devices, in mesh order (consecutive devices share a ticket); default: every
-      process's devices (``jax.devices()``), laid out by ``jax.make_mesh``.
-
-  Raises:
-    ValueError: ``data_parallel`` does not divide the device count.
-  """
-  count = jax.device_count() if devices is None else len(devices)
-  if data_parallel < 1 or count % data_parallel:
-    raise ValueError(f"tickets.data_parallel={data_parallel} must divide the device count "
-                     f"{count}")
-  shape = (count // data_parallel, data_parallel)
-  auto = (jax.sharding.AxisType.Auto,) * 2
-  if devices is None:
-    return jax.make_mesh(shape, AXES, axis_types=auto)
-  return jax.sharding.Mesh(np.array(list(devices)).reshape(shape), AXES, axis_types=auto)
-
-
-def cpu_collective_deadlock_risk(mesh: jax.sharding.Mesh, *,
-                                 environ: Mapping[str, str] = os.environ,
-                                 cores: int | None = None) -> str | None:
-  """Why XLA's CPU client may deadlock this mesh's collectives, or None if it won't.
-
-  XLA's CPU client launches each device's part of a multi-device program on one pool of
-  ``max(cores, devices)`` threads (``PJRT_NPROC``, else ``NPROC``, replaces the core count).
-  A ``data`` axis > 1 puts all-reduces in the program; with no spare thread, the devices already
-  in an all-reduce wait for a device whose launch waits for a free thread, for ever. Seen with
-  4 forced host devices on 2 cores (native stacks in BUILD_NOTES.md); ``PJRT_NPROC`` set to
-  twice the device count never hung in the same stress loop.
-
-  Args:
-    mesh: a ``('ticket', 'data')`` mesh.
-    environ: the environment the process started with (XLA reads it once, at start-up).
-    cores: CPUs this process may run on (default: ``os.sched_getaffinity``, as XLA counts).
-  """
-  devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-  if len(devices) < 2 or devices[0].platform != "cpu" or mesh.shape["data"] == 1:
-    return None
-  overrides = [environ.get(name, "") for name in ("PJRT_NPROC", "NPROC")]
-  overrides = [int(v) for v in overrides if v.strip().isdigit()]
-  if overrides:
-    cores = overrides[0]
-  elif not cores:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-  threads = max(cores, len(devices))
-  if threads >= 2 * len(devices):
-    return None
-  return (f"tickets.data_parallel={mesh.shape['data']} on {len(devices)} CPU devices with "
-          f"{threads} XLA client threads: XLA's CPU collectives can deadlock when the thread "
-          f"pool has no spare thread. Start Python with PJRT_NPROC={2 * len(devices)} (or more) "
-          "in the environment.")
-
-
-def barrier(name: str) -> None:
-  """Waits until every process has reached the barrier ``name`` (no-op with one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
 def stack(trees: Sequence[PyTree]) -> PyTree:
   """Stacks same-structured trees on a new leading axis (``None`` leaves stay ``None``)."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
@@ -171,28 +104,12 @@ def unstack(tree: PyTree) -> list[PyTree]:
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
-def padded_count(num_tickets: int, num_shards: int) -> int:
-  """Tickets after padding to a multiple of the ticket-axis size (padding repeats the last)."""
-  return -(-num_tickets // num_shards) * num_shards
-
-
-def owners(mesh: jax.sharding.Mesh, num_tickets: int) -> list[int]:
-  """The process that trains each of ``num_tickets`` tickets on ``mesh`` (lowest index if shared).
-
-  Ticket i lives on mesh row ``i // block`` with ``block = padded / rows``; a process should
-  evaluate or report exactly the tickets it owns.
-  """
-  rows = mesh.shape["ticket"]
-  block = padded_count(num_tickets, rows) // rows
-  return [min(d.process_index for d in mesh.devices[i // block]) for i in range(num_tickets)]
-
-
 class TicketRunner:
   """Trains groups of same-shaped tickets of one family together.
 
   Args:
     family: the family whose ``train_step`` every ticket runs.
-    mesh: a ``('ticket', 'data')`` mesh (see :func:`make_mesh`).
+    mesh: a ``('ticket', 'data')`` mesh (see :func:`lth_jax.meshes.make_mesh`).
     execution: 'sequential' | 'vmap' | 'batched' | 'tune' | 'auto' (per-device block of
       tickets). 'tune' times each of :data:`CANDIDATES` for two calls on the first group of
       each size and keeps the fastest (logged; :attr:`tuned`); the timing calls' results are
@@ -207,14 +124,14 @@ class TicketRunner:
   Raises:
     ValueError: the mesh's axes are not ``('ticket', 'data')``, the family's batch size is
       not divisible by the ``data`` axis size, or XLA's CPU client could deadlock the mesh's
-      collectives (:func:`cpu_collective_deadlock_risk`; the message says how to start Python).
+      collectives (:func:`lth_jax.meshes.cpu_collective_deadlock_risk`; the message says how to start Python).
   """
 
   def __init__(self, family: steps_lib.Family, *, mesh: jax.sharding.Mesh,
                execution: str = "auto", steps_per_call: int = 1, loop: str = "auto",
                formulation: str = "xla"):
-    if tuple(mesh.axis_names) != AXES:
-      raise ValueError(f"TicketRunner needs a mesh with axes {AXES}, got {mesh.axis_names}")
+    if tuple(mesh.axis_names) != meshes.AXES:
+      raise ValueError(f"TicketRunner needs a mesh with axes {meshes.AXES}, got {mesh.axis_names}")
     if family.batch_size % mesh.shape["data"]:
       raise ValueError(f"train.batch_size={family.batch_size} must be divisible by "
                        f"tickets.data_parallel={mesh.shape['data']}")
@@ -230,7 +147,7 @@ class TicketRunner:
     self.formulation = formulation
     self.multiprocess = len({d.process_index for d in mesh.devices.flat}) > 1
     self._fns: dict = {}
-    risk = cpu_collective_deadlock_risk(mesh)
+    risk = meshes.cpu_collective_deadlock_risk(mesh)
     if risk:
       raise ValueError(risk)
 
@@ -241,7 +158,7 @@ class TicketRunner:
 
   def owners(self, num_tickets: int) -> list[int]:
     """The process that trains each of ``num_tickets`` tickets (see :func:`owners`)."""
-    return owners(self.mesh, num_tickets)
+    return meshes.owners(self.mesh, num_tickets)
 
   def _calls(self, execution, states, masks, images, run_keys):
     """``(call, fetch, carry)`` of ``execution`` for this group (see :meth:`_stacked_calls`)."""
@@ -277,7 +194,7 @@ class TicketRunner:
     """Jitted ``(states, masks, images, key_data) -> (states, metrics)`` over stacked tickets.
 
     With ``data`` of size 1 the program has no collective at all: tickets are independent (and
-    clear of XLA CPU's collective deadlock, see :func:`cpu_collective_deadlock_risk`).
+    clear of XLA CPU's collective deadlock, see :func:`lth_jax.meshes.cpu_collective_deadlock_risk`).
     """
     key = (n, block, str(impl), execution)
     if key in self._fns:
@@ -302,7 +219,7 @@ class TicketRunner:
 
     # 'data' is left to the compiler only when it splits batches: a size-1 automatic axis
     # still runs the SPMD partitioner, which reorders BatchNorm reductions (last-bit changes).
-    manual = {"ticket"} if self.mesh.shape["data"] > 1 else set(AXES)
+    manual = {"ticket"} if self.mesh.shape["data"] > 1 else set(meshes.AXES)
     sharded = jax.shard_map(block_fn, mesh=self.mesh,
                             in_specs=(P("ticket"), P("ticket"), P(), P("ticket")),
                             out_specs=(P("ticket"), P("ticket")), axis_names=manual,
@@ -421,7 +338,7 @@ class TicketRunner:
     ``call(n, carry) -> (carry, device metrics)`` dispatches ``n`` steps; ``fetch(device
     metrics)`` waits for them and returns one dict of host floats per ticket."""
     t = len(states)
-    padded = padded_count(t, self.num_shards)
+    padded = meshes.padded_count(t, self.num_shards)
     pad = lambda xs: list(xs) + [xs[-1]] * (padded - t)
     impl = jax.random.key_impl(run_keys[0])
     stacked = self._place(self._stack(pad(states)), P("ticket"))

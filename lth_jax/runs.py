@@ -43,6 +43,7 @@ from lth_jax import evaluation
 from lth_jax import families
 from lth_jax import groups
 from lth_jax import masks as masks_lib
+from lth_jax import meshes
 from lth_jax import parallel
 from lth_jax import progress
 from lth_jax import report
@@ -202,10 +203,10 @@ class Context:
     self.is_main = jax.process_index() == 0
     self.multiprocess = jax.process_count() > 1
     if "tickets" in config:
-      self.mesh = parallel.make_mesh(data_parallel=config.tickets.data_parallel)
+      self.mesh = meshes.make_mesh(data_parallel=config.tickets.data_parallel)
       self.execution = config.tickets.execution
     else:
-      self.mesh = parallel.make_mesh(devices=jax.local_devices()[:1])
+      self.mesh = meshes.make_mesh(devices=jax.local_devices()[:1])
       self.execution = "sequential"
     self._runners: dict = {}
     self.writer = report.MetricWriter(workdir, enabled=self.is_main)
@@ -213,7 +214,7 @@ class Context:
     if self.is_main:
       self.evaluator = evaluation.Evaluator.from_config(config, self.train_split,
                                                         self.test_split)
-    parallel.barrier("runs-evaluator")
+    meshes.barrier("runs-evaluator")
     if not self.is_main:
       self.evaluator = evaluation.Evaluator.from_config(config, self.train_split,
                                                         self.test_split)
@@ -313,7 +314,7 @@ class Context:
     ticket's directory to save its trained state to (collective), or None. Ends with a barrier.
     """
     family = family or self.family
-    owners = parallel.owners(self.mesh, len(tickets))
+    owners = meshes.owners(self.mesh, len(tickets))
     me = jax.process_index()
     rows = []
     for ticket, state, owner in zip(tickets, states, owners):
@@ -332,7 +333,7 @@ class Context:
       write_json(os.path.join(directory, "metrics.json"), row)
       self.writer.write_scalars(scalar_step(ticket, state), metrics, **ticket.tags)
       rows.append(row)
-    parallel.barrier(f"runs-finished-{stage_dir}")
+    meshes.barrier(f"runs-finished-{stage_dir}")
     return [row if row is not None else
             read_json(os.path.join(stage_dir, ticket.name, "metrics.json"))
             for ticket, row in zip(tickets, rows)]

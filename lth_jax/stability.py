@@ -55,7 +55,7 @@ from lth_jax import data as data_lib
 from lth_jax import groups
 from lth_jax import lottery
 from lth_jax import masks as masks_lib
-from lth_jax import parallel
+from lth_jax import meshes
 from lth_jax import report
 from lth_jax import runs
 from lth_jax import steps as steps_lib
@@ -213,7 +213,7 @@ class _Stability:
         own = runs.read_json(os.path.join(self.ticket_dir(level, seed), "metrics.json"))
         runs.write_json(path, self.interpolation(level, seed, ticket, other,
                                                  own[ctx.metric], copy[ctx.metric]))
-      parallel.barrier(f"stability-level{level}-seed{seed}")
+      meshes.barrier(f"stability-level{level}-seed{seed}")
       rows += runs.read_json(path)
     if ctx.is_main:
       runs.write_json(done, rows)

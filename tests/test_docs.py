@@ -124,8 +124,9 @@ def _string_exprs(node: ast.expr, function: ast.AST | None, module: ast.Module) 
   """The string expressions a message argument can be.
 
   ``a if c else b``: both branches. A plain name: what it is assigned in the enclosing function
-  (a string expression, or a call of a function of the same module whose ``return`` values are
-  string expressions, e.g. ``risk = cpu_collective_deadlock_risk(mesh)``).
+  (a string expression, or a call of a function of the same module or of a module of lth_jax
+  named as imported, whose ``return`` values are string expressions, e.g.
+  ``risk = meshes.cpu_collective_deadlock_risk(mesh)``).
   """
   if isinstance(node, ast.IfExp):
     return (_string_exprs(node.body, function, module)
@@ -137,15 +138,31 @@ def _string_exprs(node: ast.expr, function: ast.AST | None, module: ast.Module) 
               and any(isinstance(t, ast.Name) and t.id == node.id for t in assign.targets)):
         continue
       value = assign.value
-      if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
-        for definition in module.body:
-          if isinstance(definition, ast.FunctionDef) and definition.name == value.func.id:
-            found += [r.value for r in ast.walk(definition)
-                      if isinstance(r, ast.Return) and r.value is not None]
-      else:
+      called = _called_function(value, module)
+      if called is not None:
+        found += [r.value for r in ast.walk(called)
+                  if isinstance(r, ast.Return) and r.value is not None]
+      elif not isinstance(value, ast.Call):
         found.append(value)
     return found
   return [node]
+
+
+def _called_function(value: ast.expr, module: ast.Module) -> ast.FunctionDef | None:
+  """The definition called by ``value``: ``f(...)`` of ``module``, or ``m.f(...)`` of
+  ``lth_jax/m.py``; None otherwise."""
+  if not isinstance(value, ast.Call):
+    return None
+  func = value.func
+  if isinstance(func, ast.Name):
+    where, name = module, func.id
+  elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and (
+      ROOT / "lth_jax" / f"{func.value.id}.py").exists():
+    where = ast.parse((ROOT / "lth_jax" / f"{func.value.id}.py").read_text(encoding="utf-8"))
+    name = func.attr
+  else:
+    return None
+  return next((d for d in where.body if isinstance(d, ast.FunctionDef) and d.name == name), None)
 
 
 def _functions(module: ast.Module):
@@ -171,7 +188,7 @@ def messages() -> dict[str, list]:
   by a helper and raised elsewhere), of ``fail(...)`` (experiment_main's one-line exit) and of
   ``logging.warning`` / ``logging.error``, when that argument is a string: a literal, an
   f-string, a ``+`` concatenation, either branch of ``a if c else b``, or a local name assigned
-  one of these (or assigned the result of a same-module function returning them). Placeholders
+  one of these (or assigned the result of a function of lth_jax returning them). Placeholders
   are the f-strings' ``{...}``, non-string ``+`` operands and logging's ``%s``-style directives.
 
   Not counted: arguments that are not string expressions (``str(e)``, a re-raised exception),

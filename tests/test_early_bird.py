@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import channels, configs, early_bird, masks, parallel, report, steps, validation
+from lth_jax import channels, configs, early_bird, masks, meshes, parallel, report, steps
+from lth_jax import validation
 from lth_jax import early_bird_detection as detection
 from tests.conftest import needs_fmnist
 
@@ -71,7 +72,7 @@ def _counting_family():
 def _count_group(calls):
   """``search``'s train_group for the counting family; records (tickets, until_step) per call."""
   runner = parallel.TicketRunner(_counting_family(), execution="sequential", steps_per_call=2,
-                                 mesh=parallel.make_mesh(devices=jax.devices()[:1]))
+                                 mesh=meshes.make_mesh(devices=jax.devices()[:1]))
 
   def train_group(indices, states, until_step):
     calls.append((list(indices), until_step))

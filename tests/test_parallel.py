@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import checkpointing, configs, experiment_main, lottery, masks, parallel, pruning
-from lth_jax import steps
+from lth_jax import checkpointing, configs, experiment_main, lottery, masks, meshes, parallel
+from lth_jax import pruning, steps
 from tests.conftest import LEGACY_EMITTERS, built_once, fmnist_available, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,7 @@ def run_alone(fam, t, until=STEPS):
 # ------------------------------------------------------------------------------ workers
 def _train(name, t, *, execution, data_parallel=1, **kwargs):
   fam = family(name)
-  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(data_parallel=data_parallel),
+  runner = parallel.TicketRunner(fam, mesh=meshes.make_mesh(data_parallel=data_parallel),
                                  execution=execution)
   states, tree, keys = tickets(fam.name, t)
   return runner, runner.train(states, tree, images(), keys, until_step=STEPS, **kwargs)
@@ -93,7 +93,7 @@ def _batch_shapes(runner, t):
   """Shapes of every f32 [*, 32, 32, 1] array (image batches) in the compiled program."""
   fam = runner.family
   states, tree, keys = tickets(fam.name, t)
-  padded = parallel.padded_count(t, runner.num_shards)
+  padded = meshes.padded_count(t, runner.num_shards)
   pad = lambda xs: list(xs) + [xs[-1]] * (padded - t)
   args = (runner._place(runner._stack(pad(states)), parallel.P("ticket")),
           runner._place(runner._stack(pad(tree)), parallel.P("ticket")),
@@ -110,7 +110,7 @@ def _batch_shapes(runner, t):
 # data_parallel)]). The ticket axis is family-agnostic, so it uses the AE (the cheapest to
 # compile); the data axis uses the DCGAN, whose generator's codes are split too. The data axis's
 # all-reduce deadlocked with as many XLA client threads as devices (2 cores, 4 devices;
-# parallel.cpu_collective_deadlock_risk), so its worker gets twice as many. It is a worker of its
+# meshes.cpu_collective_deadlock_risk), so its worker gets twice as many. It is a worker of its
 # own: with 8 XLA threads a ticket is no longer bit-identical to itself alone (last bits), so it
 # is compared within a tolerance and keeps the suite's fast-compiling emitters (measured: 23 vs 36
 # CPU-s for the worker).
@@ -131,7 +131,7 @@ def worker_devices(scenario, out_path):
       results[f"{name}/{i}"] = flat(s)
     if dp > 1:
       info[name]["batch_shapes"] = _batch_shapes(runner, t)
-      info[name]["risk"] = parallel.cpu_collective_deadlock_risk(runner.mesh)
+      info[name]["risk"] = meshes.cpu_collective_deadlock_risk(runner.mesh)
     if name == "seq5":   # the same program again, with ticket 1 blown up
       states, tree, keys = tickets(fam_name, t)
       bad = states[1]._replace(params=jax.tree.map(lambda x: x * np.nan, states[1].params))
@@ -163,7 +163,7 @@ def worker_processes(workdir, with_lottery):
   """
   experiment_main.maybe_initialize_distributed()
   fam = family("ae")
-  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(), execution="sequential")
+  runner = parallel.TicketRunner(fam, mesh=meshes.make_mesh(), execution="sequential")
   states, tree, keys = tickets(fam.name, 3)
   ckpt = os.path.join(workdir, "ckpt")
   with checkpointing.Manager(ckpt) as manager:
@@ -273,7 +273,7 @@ def runs(tmp_path_factory):
 @functools.cache
 def ae_runner():
   """One device, sequential (one jitted program per ticket), 2 steps per call."""
-  return parallel.TicketRunner(family("ae"), mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+  return parallel.TicketRunner(family("ae"), mesh=meshes.make_mesh(devices=jax.devices()[:1]),
                                execution="sequential", steps_per_call=2)
 
 
@@ -286,7 +286,7 @@ def test_boundaries_and_padding_bookkeeping():
   assert [int(s.step) for s in out] == [6, 6]
   # Inputs are not donated away: a ticket's starting state is still usable.
   chex.assert_trees_all_equal(states[0].params, tickets("ae", 1)[0][0].params)
-  assert parallel.padded_count(5, 4) == 8 and parallel.padded_count(4, 4) == 4
+  assert meshes.padded_count(5, 4) == 8 and meshes.padded_count(4, 4) == 4
   assert ae_runner().owners(3) == [0, 0, 0]
   tree_ = {"a": jnp.arange(3), "b": None}
   chex.assert_trees_all_equal(parallel.unstack(parallel.stack([tree_, tree_]))[1], tree_)
@@ -305,16 +305,16 @@ def test_divergence_names_the_ticket():
 ])
 def test_bad_mesh(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    parallel.make_mesh(devices=jax.devices()[:1], **kwargs)
+    meshes.make_mesh(devices=jax.devices()[:1], **kwargs)
 
 
 def test_bad_runner_settings():
-  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  mesh = meshes.make_mesh(devices=jax.devices()[:1])
   with pytest.raises(ValueError, match="unknown tickets.execution 'warp'"):
     parallel.TicketRunner(family("ae"), mesh=mesh, execution="warp")
   odd = steps.make_family("ae", channels=1, image_size=32, width=8, z_dim=16, optimizer=OPT,
                           batch_size=7)
-  two = jax.sharding.Mesh(np.array(jax.devices()[:1] * 2).reshape(1, 2), parallel.AXES)
+  two = jax.sharding.Mesh(np.array(jax.devices()[:1] * 2).reshape(1, 2), meshes.AXES)
   with pytest.raises(ValueError, match="train.batch_size=7 must be divisible by "
                                        "tickets.data_parallel=2"):
     parallel.TicketRunner(odd, mesh=two)
@@ -325,16 +325,16 @@ def test_bad_runner_settings():
 
 def test_cpu_collective_deadlock_risk():
   one = jax.devices()[:1]      # a mesh may repeat a device: 4 'CPU devices' in this process
-  risk = functools.partial(parallel.cpu_collective_deadlock_risk,
-                           jax.sharding.Mesh(np.array(one * 4).reshape(2, 2), parallel.AXES))
+  risk = functools.partial(meshes.cpu_collective_deadlock_risk,
+                           jax.sharding.Mesh(np.array(one * 4).reshape(2, 2), meshes.AXES))
   assert "Start Python with PJRT_NPROC=8" in risk(environ={}, cores=2)
   assert "with 7 XLA client threads" in risk(environ={"PJRT_NPROC": "7", "NPROC": "64"}, cores=2)
   assert risk(environ={"PJRT_NPROC": "8"}, cores=2) is None
   assert risk(environ={"NPROC": "8"}, cores=2) is None
   assert "with 4 XLA client threads" in risk(environ={"PJRT_NPROC": "eight"}, cores=2)
   assert risk(environ={}, cores=8) is None
-  tickets_only = jax.sharding.Mesh(np.array(one * 4).reshape(4, 1), parallel.AXES)
-  assert parallel.cpu_collective_deadlock_risk(tickets_only, environ={}, cores=1) is None
+  tickets_only = jax.sharding.Mesh(np.array(one * 4).reshape(4, 1), meshes.AXES)
+  assert meshes.cpu_collective_deadlock_risk(tickets_only, environ={}, cores=1) is None
 
 
 @pytest.mark.parametrize("execution,platform,expected", [
@@ -350,7 +350,7 @@ def test_batched_rolled_tickets_match_each_alone_and_report_every_call():
   tolerance (other summation orders); every call's metrics arrive, in order, although fetched
   one call late. (The AE: batched convolutions are XLA CPU's slow path, ~20x.)"""
   fam = family("ae")
-  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+  runner = parallel.TicketRunner(fam, mesh=meshes.make_mesh(devices=jax.devices()[:1]),
                                  execution="batched", steps_per_call=1, loop="rolled")
   states, tree, keys = tickets(fam.name, 2)
   chunks = []
@@ -366,7 +366,7 @@ def test_sequential_tickets_in_the_patches_formulation():
   ``jit_multi_step(..., formulation='patches')`` alone exactly, and XLA's convolutions within
   float tolerance (other summation orders)."""
   fam = family("ae")
-  runner = parallel.TicketRunner(fam, mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+  runner = parallel.TicketRunner(fam, mesh=meshes.make_mesh(devices=jax.devices()[:1]),
                                  execution="sequential", formulation="patches")
   states, tree, keys = tickets(fam.name, 2)
   out = runner.train(states, tree, images(), keys, until_step=2)
@@ -378,7 +378,7 @@ def test_sequential_tickets_in_the_patches_formulation():
     np.testing.assert_array_equal(flat(out[i]), flat(state))
     np.testing.assert_allclose(flat(out[i]), alone, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="unknown convolution formulation 'fft'"):
-    parallel.TicketRunner(fam, mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+    parallel.TicketRunner(fam, mesh=meshes.make_mesh(devices=jax.devices()[:1]),
                           formulation="fft")
 
 
@@ -388,7 +388,7 @@ def test_tune_measures_every_execution_and_keeps_the_fastest(monkeypatch):
   the two that compile fast on XLA CPU ('batched' has its own test above)."""
   monkeypatch.setattr(parallel, "CANDIDATES", ("sequential", "vmap"))
   runner = parallel.TicketRunner(family("ae"),
-                                 mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+                                 mesh=meshes.make_mesh(devices=jax.devices()[:1]),
                                  execution="tune")
   states, tree, keys = tickets("ae", 2)
   out = runner.train(states, tree, images(), keys, until_step=2)
