@@ -43,6 +43,7 @@ import numpy as np
 from absl import logging
 
 from lth_jax import channels
+from lth_jax import config_fields
 from lth_jax import configs
 from lth_jax import early_bird_detection as detection
 from lth_jax import early_bird_report
@@ -155,7 +156,7 @@ class _Run:
   def _mask_fn(self):
     """``TrainState -> mask tree`` of the search (which compiles it with its mask checks)."""
     scope = self.config.prune.scope
-    sparsity = validation.part_sparsity(self.eb, self.pruned_parts)
+    sparsity = config_fields.part_sparsity(self.eb, self.pruned_parts)
     if self.structured:
       groups = self.groups
       return lambda s: channels.channel_masks(s.params, s.batch_stats, groups, sparsity,
@@ -261,7 +262,7 @@ class _Run:
     config = configs.for_binary(self.config, "find_tickets")
     config.lottery.update(levels=self.eb.imp_levels, branches=("ticket",))
     rows = lottery.run(config, os.path.join(self.workdir, "imp"))
-    rewind = validation.rewind_step(config, len(self.ctx.train_split.labels))
+    rewind = config_fields.rewind_step(config, len(self.ctx.train_split.labels))
     steps = config.train.steps + config.lottery.levels * (config.train.steps - rewind)
     out = {}
     for seed in self.seeds:

@@ -27,6 +27,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lth_jax import config_fields
 from lth_jax import configs
 from lth_jax import data as data_lib
 from lth_jax import validation
@@ -177,7 +178,7 @@ def run(fn: Callable[[ml_collections.ConfigDict, str], object], binary: str,
     logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
     return fn(config, workdir)
-  except validation.ConfigError as e:
+  except config_fields.ConfigError as e:
     fail(str(e))
   except (*USER_ERRORS, NotADirectoryError) as e:
     fail(f"{type(e).__name__}: {e}")

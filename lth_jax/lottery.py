@@ -48,6 +48,7 @@ import jax
 import ml_collections
 
 from lth_jax import branches
+from lth_jax import config_fields
 from lth_jax import evaluation
 from lth_jax import groups
 from lth_jax import masks as masks_lib
@@ -72,10 +73,10 @@ class _Search:
     self.workdir = workdir
     self.ctx = runs.Context(config, workdir)
     self.family = self.ctx.family
-    self.rewind_step = validation.rewind_step(config, len(self.ctx.train_split.labels))
+    self.rewind_step = config_fields.rewind_step(config, len(self.ctx.train_split.labels))
     self.seeds = [int(s) for s in config.tickets.seeds]
     self.keys = {s: runs.seed_keys(s) for s in self.seeds}
-    self.branch_levels = validation.branch_levels(config.lottery)
+    self.branch_levels = config_fields.branch_levels(config.lottery)
 
   def level_dir(self, level: int) -> str:
     return os.path.join(self.workdir, f"level_{level:02d}")

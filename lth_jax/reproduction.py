@@ -40,6 +40,7 @@ import filelock
 import jax
 import ml_collections
 
+from lth_jax import config_fields
 from lth_jax import configs
 from lth_jax import early_bird
 from lth_jax import families as families_lib
@@ -47,7 +48,6 @@ from lth_jax import lottery
 from lth_jax import runs
 from lth_jax import stability
 from lth_jax import transfer
-from lth_jax import validation
 
 SCALES = ("smoke", "cpu", "gpu")
 CLAIM_BRANCHES = ("ticket", "random_reinit", "random_pruning")
@@ -291,7 +291,7 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
 
 def trained_levels(lottery: dict) -> dict[str, set[int]]:
   """``{branch: levels it trains}`` of a search's ``lottery`` config section."""
-  only = validation.branch_levels(ml_collections.ConfigDict({"branch_levels": "", **lottery}))
+  only = config_fields.branch_levels(ml_collections.ConfigDict({"branch_levels": "", **lottery}))
   return {b: set(only.get(b, range(1, lottery["levels"] + 1))) for b in lottery["branches"]}
 
 

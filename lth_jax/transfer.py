@@ -257,7 +257,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> Spec:
   ticket.
 
   Raises:
-    validation.ConfigError: a bad field of the config (:func:`validation.check`), named.
+    config_fields.ConfigError: a bad field of the config (:func:`validation.check`), named.
   """
   validation.check(config, "transfer")
   t = config.transfer

@@ -1,10 +1,10 @@
-"""Checks a binary's config before any work, and the config parsers the drivers share.
+"""Checks a binary's config before any work.
 
 ``check(config, binary)`` reads every field that ``binary`` (a key of ``configs.SECTIONS``) reads:
 its type, its range and its relation to other fields, section by section in config order (so
 ``train.steps`` is blamed before the ``lottery.rewind_step`` that must come before it). The first
-problem raises :class:`ConfigError` with one message naming the field. Sections of other binaries
-are ignored, so the full ``configs.get_config(...)`` of a notebook passes too.
+problem raises ``config_fields.ConfigError`` with one message naming the field. Sections of other
+binaries are ignored, so the full ``configs.get_config(...)`` of a notebook passes too.
 
 Beyond the fields themselves, the checks look at what a run would meet first: ``prune.exclude``
 against the model's layers (their shapes from ``jax.eval_shape``: nothing is compiled and no JAX
@@ -18,13 +18,13 @@ import importlib.util
 import math
 import numbers
 import os
-import re
 from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
 
 from lth_jax import branches as branches_lib
+from lth_jax import config_fields
 from lth_jax import configs
 from lth_jax import data as data_lib
 from lth_jax import families
@@ -35,114 +35,6 @@ from lth_jax import objectives
 from lth_jax import parallel
 from lth_jax import pruning
 from lth_jax import steps as steps_lib
-
-_STEPS_RE = re.compile(r"^\s*(\d+)\s*(it|ep)?\s*$")
-# Training examples per data set (tfds 'train' splits), for rewind steps given in epochs.
-_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "celeb_a": 162_770}
-
-
-class ConfigError(ValueError):
-  """A config field is missing, of the wrong type, out of range or at odds with another field."""
-
-
-# ------------------------------------------------------------------------------ parsers
-def parse_steps(spec, steps_per_epoch: int) -> int:
-  """``'500it'``, ``'2ep'`` or an int (``lottery.rewind_step``) → a step count.
-
-  Raises:
-    ConfigError: the spec is not of that form.
-  """
-  match = _STEPS_RE.match(str(spec))
-  if not match:
-    raise ConfigError(f"lottery.rewind_step={spec!r} is not a step count like '500it', '2ep' or "
-                      f"500")
-  value, unit = int(match.group(1)), match.group(2) or "it"
-  return value * steps_per_epoch if unit == "ep" else value
-
-
-def rewind_step(config: ml_collections.ConfigDict, num_train: int | None = None) -> int:
-  """The rewind step k of ``lottery.rewind_step``; epochs count ``ceil(num_train /
-  train.batch_size)`` steps (default ``num_train``: the data set's train split, or
-  ``data.limit`` when smaller).
-
-  Raises:
-    ConfigError: a malformed spec, or k is not before the end of training (``train.steps``).
-  """
-  if num_train is None:
-    size = _TRAIN_SIZES[config.data.name]
-    num_train = min(size, config.data.limit) if config.data.limit else size
-  k = parse_steps(config.lottery.rewind_step, -(-num_train // config.train.batch_size))
-  if k >= config.train.steps:
-    raise ConfigError(f"lottery.rewind_step={config.lottery.rewind_step!r} is step {k}, not before "
-                      f"the end of training (train.steps={config.train.steps})")
-  return k
-
-
-def part_sparsity(early_bird: ml_collections.ConfigDict,
-                  parts: Sequence[str]) -> float | dict[str, float]:
-  """The target of an early-bird search: ``early_bird.sparsity``, or per part when
-  ``early_bird.part_sparsity`` (``'generator=0.6,discriminator=0.85'``) names parts (the parts
-  it does not name get ``early_bird.sparsity``).
-
-  Raises:
-    ConfigError: a malformed entry, an unknown or unpruned part, or a fraction outside (0, 1).
-  """
-  text = early_bird.part_sparsity.strip()
-  if not text:
-    return float(early_bird.sparsity)
-  out = {part: float(early_bird.sparsity) for part in parts}
-  for entry in text.split(","):
-    name, sep, value = entry.partition("=")
-    name = name.strip()
-    try:
-      fraction = float(value)
-    except ValueError:
-      fraction = None
-    if not sep or fraction is None:
-      raise ConfigError(f"early_bird.part_sparsity entry {entry!r} is not 'part=fraction' (e.g. "
-                        f"'generator=0.6,discriminator=0.85')")
-    if name not in out:
-      raise ConfigError(f"early_bird.part_sparsity names {name!r}, which is not a pruned part "
-                        f"(pruned parts: {sorted(parts)})")
-    if not 0.0 < fraction < 1.0:
-      raise ConfigError(f"early_bird.part_sparsity of {name!r} must be in (0, 1), got {fraction}")
-    out[name] = fraction
-  return out
-
-
-def branch_levels(lottery: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-  """The levels each baseline branch trains at: ``{branch: levels}`` for the branches
-  ``lottery.branch_levels`` names (``'snip,grasp,synflow=5,10,15,20;one_shot=10,20'``: groups of
-  ``branches=levels`` separated by ``;``); the branches it does not name train at every level.
-
-  Raises:
-    ConfigError: a malformed group, a branch not in ``lottery.branches`` (or ``ticket``, which
-      every later level prunes from), a branch named twice, or a level outside
-      ``[1, lottery.levels]``.
-  """
-  out: dict[str, tuple[int, ...]] = {}
-  text = lottery.branch_levels.strip()
-  for group in filter(None, (g.strip() for g in text.split(";"))):
-    names, sep, levels = group.partition("=")
-    try:
-      numbers_ = tuple(int(x) for x in levels.split(","))
-    except ValueError:
-      numbers_ = ()
-    if not sep or not numbers_:
-      raise ConfigError(f"lottery.branch_levels group {group!r} is not 'branches=levels' (e.g. "
-                        "'snip,grasp=5,10,15,20')")
-    for name in (n.strip() for n in names.split(",")):
-      if name == "ticket" or name not in lottery.branches:
-        raise ConfigError(f"lottery.branch_levels names {name!r}, which is not a baseline in "
-                          f"lottery.branches {tuple(b for b in lottery.branches if b != 'ticket')}")
-      if name in out:
-        raise ConfigError(f"lottery.branch_levels names {name!r} twice")
-      bad = [n for n in numbers_ if not 1 <= n <= lottery.levels]
-      if bad:
-        raise ConfigError(f"lottery.branch_levels levels {bad} are outside [1, lottery.levels="
-                          f"{lottery.levels}]")
-      out[name] = tuple(sorted(set(numbers_)))
-  return out
 
 
 # ------------------------------------------------------------------------- field checks
@@ -156,9 +48,10 @@ def _get(config, field: str):
 def _int(config, field: str, minimum: int | None = None) -> int:
   value = _get(config, field)
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ConfigError(f"{field} must be an int, got {value!r} ({type(value).__name__})")
+    raise config_fields.ConfigError(f"{field} must be an int, got {value!r} "
+                                    f"({type(value).__name__})")
   if minimum is not None and value < minimum:
-    raise ConfigError(f"{field} must be >= {minimum}, got {value}")
+    raise config_fields.ConfigError(f"{field} must be >= {minimum}, got {value}")
   return int(value)
 
 
@@ -166,23 +59,25 @@ def _number(config, field: str, ok: Callable[[float], bool], expected: str) -> f
   """A finite int or float with ``ok(value)``; ``expected`` says which (e.g. 'in (0, 1)')."""
   value = _get(config, field)
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ConfigError(f"{field} must be a number, got {value!r} ({type(value).__name__})")
+    raise config_fields.ConfigError(f"{field} must be a number, got {value!r} "
+                                    f"({type(value).__name__})")
   if not (math.isfinite(value) and ok(value)):
-    raise ConfigError(f"{field} must be {expected}, got {value}")
+    raise config_fields.ConfigError(f"{field} must be {expected}, got {value}")
   return float(value)
 
 
 def _typed(config, field: str, kind: type):
   value = _get(config, field)
   if not isinstance(value, kind):
-    raise ConfigError(f"{field} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+    raise config_fields.ConfigError(f"{field} must be a {kind.__name__}, got {value!r} "
+                                    f"({type(value).__name__})")
   return value
 
 
 def _choice(config, field: str, options: Sequence[str]) -> str:
   value = _typed(config, field, str)
   if value not in options:
-    raise ConfigError(f"unknown {field} {value!r}; expected one of {tuple(options)}")
+    raise config_fields.ConfigError(f"unknown {field} {value!r}; expected one of {tuple(options)}")
   return value
 
 
@@ -190,7 +85,7 @@ def _strings(config, field: str) -> tuple[str, ...]:
   value = _get(config, field)
   if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(
       isinstance(v, str) for v in value):
-    raise ConfigError(f"{field} must be a tuple of strings, got {value!r}")
+    raise config_fields.ConfigError(f"{field} must be a tuple of strings, got {value!r}")
   return tuple(value)
 
 
@@ -198,16 +93,17 @@ def _section(config, path: str, like: ml_collections.ConfigDict) -> None:
   """The section at ``path`` has exactly the fields of ``like`` (its defaults)."""
   parent, _, name = path.rpartition(".")
   if name not in (_get(config, parent) if parent else config):
-    raise ConfigError(f"the config has no {path} section")
+    raise config_fields.ConfigError(f"the config has no {path} section")
   have = _get(config, path)
   if not isinstance(have, (ml_collections.ConfigDict, dict)):
-    raise ConfigError(f"{path} must be a section (ConfigDict), got {have!r}")
+    raise config_fields.ConfigError(f"{path} must be a section (ConfigDict), got {have!r}")
   unknown = sorted(set(have.keys()) - set(like.keys()))
   missing = sorted(set(like.keys()) - set(have.keys()))
   if unknown or missing:
     field = f"{path}.{(unknown or missing)[0]}"
-    raise ConfigError(f"{field} is {'not a config field' if unknown else 'missing'}; {path} has "
-                      f"the fields {sorted(like.keys())}")
+    raise config_fields.ConfigError(f"{field} is "
+                                    f"{'not a config field' if unknown else 'missing'}; {path} "
+                                    f"has the fields {sorted(like.keys())}")
 
 
 # --------------------------------------------------------------------------- sections
@@ -217,11 +113,11 @@ def _data(config) -> None:
   sizes = tuple(s for s in data_lib.image_sizes(name) if s >= 8 and not s & (s - 1))
   size = _int(config, "data.image_size")
   if size not in sizes:
-    raise ConfigError(f"data.image_size={size} is not available for {name}; expected one of "
-                      f"{sizes}")
+    raise config_fields.ConfigError(f"data.image_size={size} is not available for {name}; "
+                                    f"expected one of {sizes}")
   if _choice(config, "data.source", data_lib.SOURCES) == "idx" and name != "fashion_mnist":
-    raise ConfigError(f"data.source='idx' exists only for fashion_mnist, not {name}; use 'tfds' "
-                      f"or 'auto'")
+    raise config_fields.ConfigError("data.source='idx' exists only for fashion_mnist, not "
+                                    f"{name}; use 'tfds' or 'auto'")
   _typed(config, "data.data_dir", str)
   _typed(config, "data.download", bool)
   _int(config, "data.limit", 0)
@@ -250,9 +146,9 @@ def _gan_only(config, kind: str) -> None:
   defaults = configs.get_config(config.family)
   for field in ("train.n_critic", "train.clip", "loss.gradient_penalty"):
     if _get(config, field) != _get(defaults, field):
-      raise ConfigError(f"{field}={_get(config, field)!r} applies to GAN families only; family "
-                        f"{config.family!r} is of kind {kind!r}: leave it at "
-                        f"{_get(defaults, field)!r}")
+      raise config_fields.ConfigError(f"{field}={_get(config, field)!r} applies to GAN families "
+                                      f"only; family {config.family!r} is of kind {kind!r}: leave "
+                                      f"it at {_get(defaults, field)!r}")
 
 
 def _eval(config, family: str) -> None:
@@ -265,8 +161,8 @@ def _eval(config, family: str) -> None:
   # Evaluator.from_config needs the Inception Score's splits (every family builds it).
   samples = _int(config, "eval.num_samples")
   if samples < metrics.IS_SPLITS:
-    raise ConfigError(f"eval.num_samples must be >= {metrics.IS_SPLITS} (the Inception Score's "
-                      f"{metrics.IS_SPLITS} splits), got {samples}")
+    raise config_fields.ConfigError(f"eval.num_samples must be >= {metrics.IS_SPLITS} (the "
+                                    f"Inception Score's {metrics.IS_SPLITS} splits), got {samples}")
   _int(config, "eval.num_test", 2)   # FID needs a covariance
   _int(config, "eval.batch_size", 1)
   # A family that does not generate shows half test images, half their reconstructions.
@@ -281,18 +177,21 @@ def _inception_weights(weights: str) -> None:
   """``eval.inception_weights`` is a file the loader can read (``inception.load_variables``);
   whether it holds the right keys is known only once it is read, when the run starts."""
   if not weights:
-    raise ConfigError("eval.feature_space='inception' needs eval.inception_weights: the path of "
-                      "the standard FID Inception weights (pt_inception-2015-12-05-6726825d.pth or "
-                      "its .npz conversion); or use eval.feature_space='classifier'")
+    raise config_fields.ConfigError("eval.feature_space='inception' needs eval.inception_weights: "
+                                    "the path of the standard FID Inception weights "
+                                    "(pt_inception-2015-12-05-6726825d.pth or its .npz "
+                                    "conversion); or use eval.feature_space='classifier'")
   if not os.path.isfile(os.path.expanduser(weights)):
-    raise ConfigError(f"eval.inception_weights={weights!r} is not a file")
+    raise config_fields.ConfigError(f"eval.inception_weights={weights!r} is not a file")
   if not weights.endswith((".pth", ".pt", ".npz")):
-    raise ConfigError(f"eval.inception_weights={weights!r} is neither a pytorch-fid .pth state "
-                      f"dict nor its .npz conversion (the name must end in .pth, .pt or .npz)")
+    raise config_fields.ConfigError(f"eval.inception_weights={weights!r} is neither a pytorch-fid "
+                                    ".pth state dict nor its .npz conversion (the name must end "
+                                    "in .pth, .pt or .npz)")
   if weights.endswith((".pth", ".pt")) and importlib.util.find_spec("torch") is None:
-    raise ConfigError(f"eval.inception_weights={weights!r} is a PyTorch file and torch is not "
-                      f"installed: pip install torch, or convert the file to .npz once where torch "
-                      f"is (one line, see lth_jax/models/inception.py) and pass the .npz path")
+    raise config_fields.ConfigError(f"eval.inception_weights={weights!r} is a PyTorch file and "
+                                    "torch is not installed: pip install torch, or convert the "
+                                    "file to .npz once where torch is (one line, see "
+                                    "lth_jax/models/inception.py) and pass the .npz path")
 
 
 def _classifier_data(config) -> None:
@@ -312,9 +211,11 @@ def _classifier_data(config) -> None:
       num_classes=data_lib.num_classes(name), cache_dir=cache_dir,
       config={"steps": config.eval.classifier_steps})
   if not (os.path.isfile(path) and os.path.isfile(path[:-len(".msgpack")] + ".json")):
-    raise ConfigError(f"data.limit={limit} leaves {limit} training images, fewer than the feature "
-                      f"classifier's batch of {batch} (eval.feature_space='classifier', not cached "
-                      f"in {cache_dir}); set data.limit >= {batch} or 0 (the whole split)")
+    raise config_fields.ConfigError(f"data.limit={limit} leaves {limit} training images, fewer "
+                                    f"than the feature classifier's batch of {batch} "
+                                    "(eval.feature_space='classifier', not cached in "
+                                    f"{cache_dir}); set data.limit >= {batch} or 0 (the whole "
+                                    "split)")
 
 
 def _prune(config, family: str, prunes: bool) -> list[str]:
@@ -322,21 +223,22 @@ def _prune(config, family: str, prunes: bool) -> list[str]:
   parts = families.get(family).parts
   switches = config.prune.parts
   if not isinstance(switches, (ml_collections.ConfigDict, dict)):
-    raise ConfigError(f"prune.parts must be a section {{part: bool}}, got {switches!r}")
+    raise config_fields.ConfigError("prune.parts must be a section {part: bool}, got "
+                                    f"{switches!r}")
   for name, on in switches.items():
     if name not in parts:
-      raise ConfigError(f"prune.parts names {name!r}, which is not a part of {family} (parts: "
-                        f"{parts})")
+      raise config_fields.ConfigError(f"prune.parts names {name!r}, which is not a part of "
+                                      f"{family} (parts: {parts})")
     if not isinstance(on, bool):
-      raise ConfigError(f"prune.parts.{name} must be a bool, got {on!r}")
+      raise config_fields.ConfigError(f"prune.parts.{name} must be a bool, got {on!r}")
   pruned = [p for p, on in switches.items() if on]
   if prunes and not pruned:
-    raise ConfigError(f"prune.parts switches every part off: {dict(switches)}")
+    raise config_fields.ConfigError(f"prune.parts switches every part off: {dict(switches)}")
   exclude = _strings(config, "prune.exclude")
   for entry in exclude:
     if entry.split("/", 1)[0] not in parts:
-      raise ConfigError(f"prune.exclude entry {entry!r} is not a layer path of {family} "
-                        f"('<part>/<layer>', parts: {parts})")
+      raise config_fields.ConfigError(f"prune.exclude entry {entry!r} is not a layer path of "
+                                      f"{family} ('<part>/<layer>', parts: {parts})")
   kernels = _kernel_paths(config)
   covers = lambda path, entry: path == entry or path.startswith(entry + "/")
   for entry in exclude:
@@ -344,13 +246,13 @@ def _prune(config, family: str, prunes: bool) -> list[str]:
       layers = ", ".join(sorted({path.rsplit("/", 1)[0] for path in kernels}))
       hint = (" (a comma list on the command line is one string: quote each entry, "
               "\"--config.prune.exclude='a/b','c/d'\")" if "," in entry else "")
-      raise ConfigError(f"prune.exclude entry {entry!r} matches no layer of {family}{hint}; "
-                        f"its layers: {layers}")
+      raise config_fields.ConfigError(f"prune.exclude entry {entry!r} matches no layer of "
+                                      f"{family}{hint}; its layers: {layers}")
   if not any(switches.get(path.split("/", 1)[0], False)
              and not any(covers(path, entry) for entry in exclude) for path in kernels):
-    raise ConfigError(f"prune.parts and prune.exclude leave nothing to prune: pruned parts "
-                      f"{pruned}, exclude {list(exclude)}; switch a part on or exclude fewer "
-                      f"layers")
+    raise config_fields.ConfigError("prune.parts and prune.exclude leave nothing to prune: pruned "
+                                    f"parts {pruned}, exclude {list(exclude)}; switch a part on "
+                                    "or exclude fewer layers")
   _choice(config, "prune.scope", pruning.SCOPES)
   return pruned
 
@@ -377,51 +279,53 @@ def _tickets(config) -> None:
   seeds = _get(config, "tickets.seeds")
   if isinstance(seeds, (int, str)) or not isinstance(seeds, (tuple, list)) or not all(
       isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seeds):
-    raise ConfigError(f"tickets.seeds must be a tuple of ints >= 0, got {seeds!r}")
+    raise config_fields.ConfigError(f"tickets.seeds must be a tuple of ints >= 0, got {seeds!r}")
   if not seeds:
-    raise ConfigError("tickets.seeds is empty")
+    raise config_fields.ConfigError("tickets.seeds is empty")
   if len(set(seeds)) != len(seeds):
-    raise ConfigError(f"tickets.seeds has repeats: {tuple(seeds)}")
+    raise config_fields.ConfigError(f"tickets.seeds has repeats: {tuple(seeds)}")
   _choice(config, "tickets.execution", parallel.EXECUTIONS)
   shards = _int(config, "tickets.data_parallel", 1)
   if config.train.batch_size % shards:
-    raise ConfigError(f"tickets.data_parallel={shards} does not divide train.batch_size="
-                      f"{config.train.batch_size}")
+    raise config_fields.ConfigError(f"tickets.data_parallel={shards} does not divide "
+                                    f"train.batch_size={config.train.batch_size}")
 
 
 def _lottery(config) -> None:
   _int(config, "lottery.levels", 0)
   _number(config, "lottery.rate", lambda x: 0 < x < 1, "in (0, 1)")
-  rewind_step(config)
+  config_fields.rewind_step(config)
   _typed(config, "lottery.rewind_optimizer", bool)
   branches = _strings(config, "lottery.branches")
   unknown = [b for b in branches if b not in branches_lib.names()]
   if unknown:
-    raise ConfigError(f"unknown lottery.branches {unknown}; valid: {branches_lib.names()}")
+    raise config_fields.ConfigError(f"unknown lottery.branches {unknown}; valid: "
+                                    f"{branches_lib.names()}")
   if "ticket" not in branches:
-    raise ConfigError("lottery.branches must contain 'ticket' (every baseline is defined by the "
-                      "ticket's sparsity)")
+    raise config_fields.ConfigError("lottery.branches must contain 'ticket' (every baseline is "
+                                    "defined by the ticket's sparsity)")
   if len(set(branches)) != len(branches):
-    raise ConfigError(f"lottery.branches has repeats: {branches}")
+    raise config_fields.ConfigError(f"lottery.branches has repeats: {branches}")
   _int(config, "lottery.synflow_iterations", 1)
   _typed(config, "lottery.branch_levels", str)
-  branch_levels(config.lottery)
+  config_fields.branch_levels(config.lottery)
 
 
 def _early_bird(config, pruned: list[str]) -> None:
   _choice(config, "early_bird.kind", configs.EARLY_BIRD_KINDS)
   _number(config, "early_bird.sparsity", lambda x: 0 < x < 1, "in (0, 1)")
   _typed(config, "early_bird.part_sparsity", str)
-  part_sparsity(config.early_bird, pruned)
+  config_fields.part_sparsity(config.early_bird, pruned)
   _int(config, "early_bird.interval", 1)
   if _int(config, "early_bird.window") < 2:
-    raise ConfigError(f"early_bird.window must be >= 2 (masks to compare), got "
-                      f"{config.early_bird.window}")
+    raise config_fields.ConfigError("early_bird.window must be >= 2 (masks to compare), got "
+                                    f"{config.early_bird.window}")
   _number(config, "early_bird.epsilon", lambda x: 0 <= x <= 1, "in [0, 1]")
   _number(config, "early_bird.bn_l1", lambda x: x >= 0, ">= 0")
   if _int(config, "early_bird.max_search_steps", 0) > config.train.steps:
-    raise ConfigError(f"early_bird.max_search_steps={config.early_bird.max_search_steps} exceeds "
-                      f"train.steps={config.train.steps}")
+    raise config_fields.ConfigError(
+        f"early_bird.max_search_steps={config.early_bird.max_search_steps} exceeds "
+        f"train.steps={config.train.steps}")
   _int(config, "early_bird.ticket_steps", 0)
   for field in ("rewind", "dense_baseline", "scratch_baseline"):
     _typed(config, "early_bird." + field, bool)
@@ -432,9 +336,10 @@ def _transfer(config) -> None:
   direction = _choice(config, "transfer.direction", configs.TRANSFER_DIRECTIONS)
   source = configs.TRANSFER_DIRECTIONS[direction][0]
   if config.family != source:
-    raise ConfigError(f"transfer.direction={direction!r} needs a {source} config as the source, "
-                      f"but family={config.family!r}; use experiments/configs/"
-                      f"{source}_<dataset>.py or the other direction")
+    raise config_fields.ConfigError(f"transfer.direction={direction!r} needs a {source} config as "
+                                    f"the source, but family={config.family!r}; use "
+                                    f"experiments/configs/{source}_<dataset>.py or the other "
+                                    "direction")
   _choice(config, "transfer.init_from", configs.TRANSFER_INIT_FROM)
   _typed(config, "transfer.with_discriminator", bool)
 
@@ -443,7 +348,7 @@ def check(config: ml_collections.ConfigDict, binary: str) -> None:
   """Checks every field ``binary`` reads ('train', 'find_tickets', 'early_bird', 'transfer').
 
   Raises:
-    ConfigError: the first bad field, named in the message with what it must be.
+    config_fields.ConfigError: the first bad field, named in the message with what it must be.
     ValueError: an unknown ``binary``.
   """
   if binary not in configs.SECTIONS:
@@ -451,14 +356,15 @@ def check(config: ml_collections.ConfigDict, binary: str) -> None:
   known = set(configs.COMMON).union(*configs.SECTIONS.values())
   unknown = sorted(set(config.keys()) - known)
   if unknown:
-    raise ConfigError(f"{unknown[0]} is not a config field or section; expected {sorted(known)}")
+    raise config_fields.ConfigError(f"{unknown[0]} is not a config field or section; expected "
+                                    f"{sorted(known)}")
   for field in ("family", "seed"):
     if field not in config:
-      raise ConfigError(f"the config has no {field}")
+      raise config_fields.ConfigError(f"the config has no {field}")
   family = _typed(config, "family", str)
   if family not in families.names():
-    raise ConfigError(f"family: unknown model family {family!r}; expected one of "
-                      f"{families.names()}")
+    raise config_fields.ConfigError(f"family: unknown model family {family!r}; expected one of "
+                                    f"{families.names()}")
   _int(config, "seed", 0)
   defaults = configs.get_config(family)
   for name in configs.COMMON[2:] + configs.SECTIONS[binary]:

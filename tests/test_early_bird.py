@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lth_jax import channels, configs, early_bird, masks, meshes, parallel, report, steps
-from lth_jax import validation
+from lth_jax import config_fields, validation
 from lth_jax import early_bird_detection as detection
 from tests.conftest import needs_fmnist
 
@@ -343,7 +343,7 @@ def test_magnitude_masks_per_part_leave_other_parts_alone():
 def test_part_sparsity_parses_the_config(text, expected):
   config = configs.get_config("dcgan", "fashion_mnist", "smoke")
   config.early_bird.update(sparsity=0.7, part_sparsity=text)
-  assert validation.part_sparsity(config.early_bird, ["generator", "discriminator"]) == expected
+  assert config_fields.part_sparsity(config.early_bird, ["generator", "discriminator"]) == expected
 
 
 @pytest.mark.parametrize("text, message", [

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import branches, configs, lottery, masks, pruning, steps, validation
+from lth_jax import branches, config_fields, configs, lottery, masks, pruning, steps, validation
 from tests.conftest import checkpoint_saved, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +106,7 @@ def test_rewind_restores_theta_k_exactly():
 
 @pytest.mark.parametrize("spec,expected", [("500it", 500), ("2ep", 20), (7, 7), ("0", 0)])
 def test_parse_steps(spec, expected):
-  assert validation.parse_steps(spec, steps_per_epoch=10) == expected
+  assert config_fields.parse_steps(spec, steps_per_epoch=10) == expected
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -8,7 +8,7 @@ import time
 import jax
 import pytest
 
-from lth_jax import families, reproduction, reproduction_report, runs, validation
+from lth_jax import config_fields, families, reproduction, reproduction_report, runs, validation
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def test_every_job_of_every_claim_is_a_valid_run(scale):
   # SNIP/GraSP/SynFlow and one-shot at four levels spread over the range, up to the last level.
   for name, expected in (("search_ae", set(reproduction.INIT_BRANCHES)),
                          ("search_vae", {"one_shot"})):
-    spread = validation.branch_levels(searches[name].config.lottery)
+    spread = config_fields.branch_levels(searches[name].config.lottery)
     levels = searches[name].config.lottery.levels
     assert expected <= set(spread), name
     assert all(len(v) == min(4, levels) and v[-1] == levels for v in spread.values()), name

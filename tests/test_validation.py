@@ -1,5 +1,6 @@
-"""validation.check (every field of every binary, table-driven), its parsers, configs.for_binary;
-and the user errors of a run (one line, exit 2) that the checks cannot see in advance."""
+"""validation.check (every field of every binary, table-driven), config_fields' parsers,
+configs.for_binary; and the user errors of a run (one line, exit 2) that the checks cannot see
+in advance."""
 import importlib.util
 import os
 import subprocess
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lth_jax import configs, data, evaluation, experiment_main, feature_spaces, validation
+from lth_jax import config_fields, configs, data, evaluation, experiment_main, feature_spaces
+from lth_jax import validation
 from lth_jax.models import classifier as classifier_lib
 from lth_jax.models import inception
 
@@ -51,10 +53,10 @@ def test_shipped_configs_pass(family, preset, binary):
 
 def test_inception_weights_file_must_exist(tmp_path):
   config = configs.get_config("dcgan", "cifar10", "smoke")   # feature_space='inception'
-  with pytest.raises(validation.ConfigError, match="needs eval.inception_weights"):
+  with pytest.raises(config_fields.ConfigError, match="needs eval.inception_weights"):
     validation.check(config, "train")
   config.eval.inception_weights = str(tmp_path / "missing.npz")
-  with pytest.raises(validation.ConfigError, match="eval.inception_weights=.* is not a file"):
+  with pytest.raises(config_fields.ConfigError, match="eval.inception_weights=.* is not a file"):
     validation.check(config, "train")
   (tmp_path / "missing.npz").write_bytes(b"")
   validation.check(config, "train")
@@ -213,7 +215,7 @@ CASES = [
                          ids=[f"{c[0]}-{'-'.join(c[2]) or c[1]}" for c in CASES])
 def test_bad_field_is_named(binary, family, fields, message):
   config = _with(configs.get_config(family, "fashion_mnist", "smoke"), **fields)
-  with pytest.raises(validation.ConfigError, match=message):
+  with pytest.raises(config_fields.ConfigError, match=message):
     validation.check(config, binary)
 
 
@@ -251,7 +253,7 @@ def test_data_limit_below_the_classifier_batch_needs_a_cached_classifier(tmp_pat
   config = configs.get_config("vae", "fashion_mnist", "smoke")
   config.eval.cache_dir = str(tmp_path)
   config.data.limit = 127
-  with pytest.raises(validation.ConfigError,
+  with pytest.raises(config_fields.ConfigError,
                      match=r"data.limit=127 leaves 127 training images, fewer than the feature "
                            r"classifier's batch of 128 .*not cached in .*; set data.limit >= 128"):
     validation.check(config, "train")
@@ -273,7 +275,7 @@ def test_data_limit_below_the_classifier_batch_needs_a_cached_classifier(tmp_pat
   evaluation.feature_extractor_from_config(config, _fake_split(127), _fake_split(20))
   validation.check(config, "train")
   config.eval.classifier_steps += 1            # another classifier: not cached
-  with pytest.raises(validation.ConfigError, match="data.limit=127"):
+  with pytest.raises(config_fields.ConfigError, match="data.limit=127"):
     validation.check(config, "train")
 
 
@@ -300,7 +302,7 @@ def test_inception_weights_the_loader_cannot_read(tmp_path, name, message):
   (tmp_path / name).write_bytes(b"")
   config = configs.get_config("dcgan", "cifar10", "smoke")
   config.eval.inception_weights = str(tmp_path / name)
-  with pytest.raises(validation.ConfigError, match=message):
+  with pytest.raises(config_fields.ConfigError, match=message):
     validation.check(config, "train")
 
 
@@ -377,39 +379,39 @@ def test_unknown_binary():
 @pytest.mark.parametrize("spec, steps", [("500it", 500), ("2ep", 20), (" 3 ep ", 30), (7, 7),
                                          ("0", 0)])
 def test_parse_steps(spec, steps):
-  assert validation.parse_steps(spec, steps_per_epoch=10) == steps
+  assert config_fields.parse_steps(spec, steps_per_epoch=10) == steps
 
 
 @pytest.mark.parametrize("spec", ["", "-1it", "2 epochs", "1.5ep", 1.5, None, True])
 def test_parse_steps_refuses(spec):
-  with pytest.raises(validation.ConfigError, match="lottery.rewind_step"):
-    validation.parse_steps(spec, steps_per_epoch=10)
+  with pytest.raises(config_fields.ConfigError, match="lottery.rewind_step"):
+    config_fields.parse_steps(spec, steps_per_epoch=10)
 
 
 def test_rewind_step_counts_epochs_of_the_limited_data():
   config = configs.get_config("ae", "fashion_mnist", "smoke")   # limit 512, batch 16
   config.train.steps = 100
   config.lottery.rewind_step = "2ep"
-  assert validation.rewind_step(config) == 64
-  assert validation.rewind_step(config, num_train=160) == 20
+  assert config_fields.rewind_step(config) == 64
+  assert config_fields.rewind_step(config, num_train=160) == 20
   config.data.limit = 0
-  with pytest.raises(validation.ConfigError, match="is step 7500"):
-    validation.rewind_step(config)
+  with pytest.raises(config_fields.ConfigError, match="is step 7500"):
+    config_fields.rewind_step(config)
 
 
 def test_part_sparsity():
   eb = configs.get_config("dcgan", "fashion_mnist", "smoke").early_bird
   parts = ("generator", "discriminator")
-  assert validation.part_sparsity(eb, parts) == 0.7
+  assert config_fields.part_sparsity(eb, parts) == 0.7
   eb.part_sparsity = " generator=0.6 "
-  assert validation.part_sparsity(eb, parts) == {"generator": 0.6, "discriminator": 0.7}
+  assert config_fields.part_sparsity(eb, parts) == {"generator": 0.6, "discriminator": 0.7}
 
 
 def test_branch_levels():
   lottery = configs.get_config("ae", "fashion_mnist", "smoke").lottery
-  assert validation.branch_levels(lottery) == {}
+  assert config_fields.branch_levels(lottery) == {}
   lottery.update(levels=20, branch_levels=" snip, grasp=20,5,10,15 ; synflow=7 ")
-  assert validation.branch_levels(lottery) == {"snip": (5, 10, 15, 20), "grasp": (5, 10, 15, 20),
+  assert config_fields.branch_levels(lottery) == {"snip": (5, 10, 15, 20), "grasp": (5, 10, 15, 20),
                                                "synflow": (7,)}
 
 
