@@ -8,7 +8,8 @@ Each claim's jobs (lottery searches, transfers, early-bird runs, stability) run 
 ``--workdir/<job>``; an interrupted run continues where it stopped, and finished jobs are
 skipped, so running the command again trains nothing and rewrites the page. A job that fails
 prints one ``error:`` line and the others go on (those that read it wait for the next run);
-the command then exits with status 2, naming them. Several
+the command then exits with status 2, naming them. SIGTERM or Ctrl-C stops it with the training
+in flight saved (``lth_jax.preemption``; exit status 143 or 130). Several
 processes may run the command on one workdir at once and share its jobs; on a CPU machine one
 per core trains faster than one process on every core, which ``--workers`` starts::
 
@@ -21,14 +22,17 @@ The claims, scales and jobs are in ``lth_jax.reproduction``; the tables and verd
 ``lth_jax.reproduction_report``.
 """
 import os
+import signal
 import subprocess
 import sys
 import time
 
+import jax
 from absl import app
 from absl import flags
 
 from lth_jax import experiment_main
+from lth_jax import preemption
 from lth_jax import reproduction
 from lth_jax import reproduction_report
 
@@ -44,6 +48,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Runs go here (default: workdirs/r
 _RESULTS = flags.DEFINE_string("results_dir", "",
                                "Tables, plots and README.md (default: docs/results for cpu, "
                                "docs/results/gpu for gpu, <workdir>/results for smoke).")
+# A worker's exit status when SIGTERM or Ctrl-C stopped it with its progress saved.
+_STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 
 
 def claims_from_flag(text: str) -> list[int]:
@@ -75,12 +81,30 @@ def run_workers(count: int) -> None:
   CPU cores this process may use; each writes the page when every job is finished."""
   cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
   argv = without_workers(sys.argv) + ["--workers=1"]
-  procs = []
+  procs, stopping = [], []
+  # A SIGTERM for this process goes on to the workers, which stop with their progress saved
+  # (lth_jax.preemption); Ctrl-C reaches them from the terminal, so here it only waits for them.
+
+  def forward(number, frame):
+    del frame
+    stopping.append(number)
+    for proc in procs:
+      proc.send_signal(number)
+
+  signal.signal(signal.SIGTERM, forward)
+  signal.signal(signal.SIGINT, lambda number, frame: stopping.append(number))
   for i in range(count):
+    if stopping:
+      break
     pin = (lambda core=cores[i % len(cores)]: os.sched_setaffinity(0, {core})) if cores else None
     procs.append(subprocess.Popen([sys.executable, *argv], preexec_fn=pin))
     time.sleep(1.0)   # staggered starts: the first takes the first job before the next looks
   codes = [p.wait() for p in procs]
+  stopped = {code for code in codes if code in _STOP_CODES}
+  if stopped and not set(codes) - stopped - {0}:
+    print(f"--workers={count}: stopped with progress saved (worker exit codes {codes}); run the "
+          "same command again to resume", file=sys.stderr, flush=True)
+    sys.exit(max(stopped))
   if any(codes):
     experiment_main.fail(f"--workers={count}: worker exit codes {codes} (their messages above)")
 
@@ -114,13 +138,17 @@ def main(argv) -> None:
     run_workers(_WORKERS.value)
     return
   experiment_main.maybe_initialize_distributed()
+  preemption.handle_signals(jax.process_count())
 
   def announce(job: reproduction.Job) -> None:
     print(f"== {job.name} ({job.binary})", flush=True)
 
-  failed = reproduction.run_jobs(
-      jobs, workdir, announce=announce, keep_going=experiment_main.USER_ERRORS,
-      on_failure=lambda job, error: experiment_main.print_error(f"{job.name}: {error}"))
+  try:
+    failed = reproduction.run_jobs(
+        jobs, workdir, announce=announce, keep_going=experiment_main.USER_ERRORS,
+        on_failure=lambda job, error: experiment_main.print_error(f"{job.name}: {error}"))
+  except preemption.Preempted as stop:
+    experiment_main.exit_preempted(stop)
   command = "python experiments/reproduce.py " + " ".join(without_workers(sys.argv[1:]))
   with reproduction.file_lock(os.path.join(workdir, "report.lock"), wait=True):
     page = reproduction_report.write(workdir, results, claims, scale, command)

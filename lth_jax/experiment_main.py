@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from lth_jax import config_fields
 from lth_jax import configs
 from lth_jax import data as data_lib
+from lth_jax import preemption
 from lth_jax import validation
 
 # Flags defined here belong to the calling binary (its --helpshort lists them).
@@ -146,6 +147,13 @@ def parse_flags(argv: list[str], binary: str | None = None) -> list[str]:
   return rest
 
 
+def exit_preempted(stop: preemption.Preempted) -> NoReturn:
+  """Prints the stop (what saved it, how to resume) as one line on stderr and exits with its
+  status: ``128 + signal`` (143 for SIGTERM, 130 for Ctrl-C)."""
+  print(str(stop), file=sys.stderr, flush=True)
+  sys.exit(stop.exit_code)
+
+
 def maybe_initialize_distributed() -> None:
   """``jax.distributed.initialize()`` when a multi-process run is configured by environment.
 
@@ -175,9 +183,12 @@ def run(fn: Callable[[ml_collections.ConfigDict, str], object], binary: str,
     if os.path.exists(workdir) and not os.path.isdir(workdir):
       raise NotADirectoryError(f"--workdir={workdir!r} is not a directory")
     maybe_initialize_distributed()
+    preemption.handle_signals(jax.process_count())
     logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
     return fn(config, workdir)
+  except preemption.Preempted as e:
+    exit_preempted(e)
   except config_fields.ConfigError as e:
     fail(str(e))
   except (*USER_ERRORS, NotADirectoryError) as e:

@@ -70,6 +70,7 @@ from jax.sharding import PartitionSpec as P
 
 from lth_jax import layers
 from lth_jax import meshes
+from lth_jax import preemption
 from lth_jax import steps as steps_lib
 
 PyTree = Any
@@ -286,6 +287,8 @@ class TicketRunner:
     Raises:
       steps_lib.DivergenceError: a ticket's loss or params became NaN/Inf (names the ticket
         and step).
+      preemption.Preempted: a stop was requested (one process only): before the first call, or
+        after the call in flight, whose step is then passed to ``on_boundary`` first.
     """
     if not (len(states) == len(masks) == len(run_keys)) or not states:
       raise ValueError("train needs one state, mask tree and key per ticket")
@@ -309,17 +312,26 @@ class TicketRunner:
       if on_chunk is not None:
         on_chunk(done_step, metrics)
 
+    stoppable = jax.process_count() == 1     # see lth_jax.preemption: one process only
+    if stoppable:
+      preemption.check()
     for n in chunk_sizes(step, until_step, self.steps_per_call, boundary_every):
       carry, device_metrics = call(n, carry)
       if pending is not None:
         settle()
       step += n
       pending = (step, device_metrics)
-      if on_boundary is not None and (step == until_step or (
+      stop = stoppable and step < until_step and preemption.requested() is not None
+      if on_boundary is not None and (step == until_step or stop or (
           boundary_every and step % boundary_every == 0)):
         settle()                          # never checkpoint a diverged state
         pending = None
         on_boundary(step, self._states(carry, t))
+      if stop:
+        if pending is not None:
+          settle()
+        logging.warning("%s: stopping at step %d", preemption.requested(), step)
+        preemption.check(step if on_boundary is not None else None)
     if pending is not None:
       settle()
     return self._states(carry, t)

@@ -45,6 +45,7 @@ from lth_jax import configs
 from lth_jax import early_bird
 from lth_jax import families as families_lib
 from lth_jax import lottery
+from lth_jax import preemption
 from lth_jax import runs
 from lth_jax import stability
 from lth_jax import transfer
@@ -412,7 +413,8 @@ def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 10.0,
   A job that raises one of ``keep_going`` fails: ``on_failure(job, error)`` is called, the jobs
   that read it (``source``) are dropped, and the others go on, so one failure does not stop an
   unattended multi-day run. A failed job stays unfinished: another process, or the next run of
-  the command, tries it again. Any other exception propagates.
+  the command, tries it again. Any other exception propagates, :class:`preemption.Preempted`
+  too (also raised here, before a job starts, once a stop was requested).
 
   Returns:
     The names of the jobs that failed here or were dropped for a failed source, in order.
@@ -427,6 +429,7 @@ def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 10.0,
         break
       if job.source in waiting:
         continue
+      preemption.check()
       try:
         finished = run_job(job, workdir, announce)
       except keep_going as error:

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from lth_jax import checkpointing, configs, experiment_main, lottery, masks, meshes, parallel
-from lth_jax import pruning, steps
+from lth_jax import preemption, pruning, steps
 from tests.conftest import LEGACY_EMITTERS, built_once, fmnist_available, needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -290,6 +290,37 @@ def test_boundaries_and_padding_bookkeeping():
   assert ae_runner().owners(3) == [0, 0, 0]
   tree_ = {"a": jnp.arange(3), "b": None}
   chex.assert_trees_all_equal(parallel.unstack(parallel.stack([tree_, tree_]))[1], tree_)
+
+
+def test_a_requested_stop_saves_the_step_it_reached_and_resumes_bit_identical():
+  """A stop asked for (SIGTERM in a binary) ends training after the call in flight, which is
+  checkpointed first (here step 6, between the cadence's 4 and the end); training on from that
+  state makes the calls of the uninterrupted run, so it ends with the same bits. A stop asked
+  for before the first call trains nothing; without ``on_boundary`` nothing is saved."""
+  states, tree, keys = tickets("ae", 2)
+  runner = ae_runner()
+  whole = runner.train(states, tree, images(), keys, until_step=7, boundary_every=4)
+  saved = {}
+
+  def on_boundary(step, s):
+    saved[step] = jax.device_get(s)
+    if step == 4:
+      preemption.request("test")
+
+  try:
+    with pytest.raises(preemption.Preempted, match=r"stopped by test \(saved at step 6\)") as e:
+      runner.train(states, tree, images(), keys, until_step=7, boundary_every=4,
+                   on_boundary=on_boundary)
+    assert e.value.step == 6 and sorted(saved) == [4, 6]
+    seen = []
+    with pytest.raises(preemption.Preempted, match="stopped by test; run the same") as e:
+      runner.train(saved[6], tree, images(), keys, until_step=7, on_chunk=lambda *a: seen.append(a))
+    assert e.value.step is None and not seen
+  finally:
+    preemption.clear()
+  resumed = runner.train(saved[6], tree, images(), keys, until_step=7, boundary_every=4)
+  for a, b in zip(resumed, whole):
+    np.testing.assert_array_equal(flat(a), flat(b))
 
 
 def test_divergence_names_the_ticket():

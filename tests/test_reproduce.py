@@ -8,7 +8,8 @@ import time
 import jax
 import pytest
 
-from lth_jax import config_fields, families, reproduction, reproduction_report, runs, validation
+from lth_jax import config_fields, families, preemption, reproduction, reproduction_report, runs
+from lth_jax import validation
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,6 +204,29 @@ def test_run_jobs_goes_on_past_a_failed_job_and_drops_its_readers(tmp_path, monk
   assert reproduction.job_finished(other, str(tmp_path))
   with pytest.raises(ValueError, match="no data"):               # not kept going: propagates
     reproduction.run_jobs([bad], str(tmp_path), 0.01)
+
+
+def test_a_stop_requested_during_a_job_ends_run_jobs_before_the_next(tmp_path, monkeypatch):
+  """A SIGTERM that arrives while a job is evaluating lets the job finish, then ends the worker
+  (:class:`preemption.Preempted` is not one of ``keep_going``'s user errors)."""
+  import ml_collections   # pylint: disable=g-import-not-at-top
+  from lth_jax import lottery   # pylint: disable=g-import-not-at-top
+  first, second = (reproduction.Job(n, "find_tickets", ml_collections.ConfigDict({"i": i}))
+                   for i, n in enumerate(("first", "second")))
+  ran = []
+
+  def search(cfg, path):
+    ran.append(os.path.basename(path))
+    preemption.request("SIGTERM")
+
+  monkeypatch.setattr(lottery, "run", search)
+  try:
+    with pytest.raises(preemption.Preempted, match="stopped by SIGTERM; run the same command"):
+      reproduction.run_jobs([first, second], str(tmp_path), 0.01, keep_going=(ValueError,))
+  finally:
+    preemption.clear()
+  assert ran == ["first"] and reproduction.job_finished(first, str(tmp_path))
+  assert not reproduction.job_finished(second, str(tmp_path))
 
 
 def test_claim1_repeats_its_table_in_kid_for_families_that_have_it():
