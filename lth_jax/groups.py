@@ -25,6 +25,13 @@ STATES_KEY = "stacked"   # a group checkpoint's tree: {STATES_KEY: states, MASKS
 MASKS_KEY = "masks"
 
 
+class Spent(NamedTuple):
+  """Wall-clock and process CPU seconds a group has taken (building and training) up to a
+  checkpoint, over every process that trained it before: a resumed stage's timing adds them."""
+  seconds: float = 0.0
+  cpu_seconds: float = 0.0
+
+
 class Ticket(NamedTuple):
   """One training run of a group: where it writes, where it starts, what labels it."""
   name: str                       # directory below the stage's, e.g. 'ticket_seed0'
@@ -60,12 +67,13 @@ def _key_from(record: dict) -> jax.Array:
 
 
 def save(manager: checkpointing.Manager, step: int, tickets: Sequence[Ticket],
-         states: Sequence[PyTree]) -> None:
+         states: Sequence[PyTree], spent: Spent = Spent()) -> None:
   """Saves a group as checkpoint ``step``, whole: a resume reads it back and rebuilds nothing.
 
   The tree is ``{STATES_KEY: states, MASKS_KEY: masks}``, every ticket's state and masks stacked
   on a leading axis on the host; the step's metadata holds each ticket's name, tags and run key
-  (``'tickets'``) and which params leaves have a mask (``'masked_leaves'``). One tree, not one
+  (``'tickets'``), which params leaves have a mask (``'masked_leaves'``) and the group's
+  ``spent`` time so far (``'spent'``: ``[seconds, cpu_seconds]``). One tree, not one
   per ticket: Orbax's cost grows with the number of arrays (~3 ms per array per save on CPU;
   six AE tickets: 1.28 s one tree each, 0.17 s stacked; ``benchmarks/checkpoint_cost.py``).
   """
@@ -74,7 +82,8 @@ def save(manager: checkpointing.Manager, step: int, tickets: Sequence[Ticket],
       "tickets": [{"name": t.name, "tags": _plain(t.tags), "run_key": _key_record(t.run_key)}
                   for t in tickets],
       "masked_leaves": [m is not None
-                        for m in jax.tree.leaves(masks[0], is_leaf=masks_lib.is_none)]}
+                        for m in jax.tree.leaves(masks[0], is_leaf=masks_lib.is_none)],
+      "spent": [float(spent.seconds), float(spent.cpu_seconds)]}
   manager.save(step, {STATES_KEY: _stack(states), MASKS_KEY: _stack(masks)}, metadata=metadata,
                force=True)
 
@@ -125,10 +134,11 @@ def restore_states(manager: checkpointing.Manager, states: Sequence[PyTree]) -> 
 
 
 def resume(checkpoint_dir: str, state_shape: Callable[[], PyTree],
-           make_tickets: Callable[[], list[Ticket]]) -> tuple[list[Ticket], bool]:
-  """``(tickets, resumed)``: a group's tickets at the newest checkpoint in ``checkpoint_dir``
-  (``resumed``), else ``make_tickets()``. ``state_shape()`` gives one ticket's state shape
-  (see :func:`load`); it is called only when there is a checkpoint.
+           make_tickets: Callable[[], list[Ticket]]) -> tuple[list[Ticket], Spent | None]:
+  """``(tickets, spent)``: a group's tickets at the newest checkpoint in ``checkpoint_dir`` and
+  the time the group had taken when it was saved (:func:`save`; zero in a checkpoint written
+  before 2026-11-29's second layout), else ``(make_tickets(), None)``. ``state_shape()`` gives
+  one ticket's state shape (see :func:`load`); it is called only when there is a checkpoint.
 
   A checkpoint of :func:`save` holds the whole group, so nothing is rebuilt (rebuilding
   re-scored SNIP/GraSP/SynFlow, minutes per seed on CPU, and would silently pair the saved states
@@ -137,10 +147,11 @@ def resume(checkpoint_dir: str, state_shape: Callable[[], PyTree],
   """
   with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
     if manager.latest_step() is None:
-      return make_tickets(), False
+      return make_tickets(), None
     tickets = load(manager, state_shape())
     if tickets is None:
       tickets = make_tickets()
       states = restore_states(manager, [t.state for t in tickets])
       tickets = [t._replace(state=s) for t, s in zip(tickets, states)]
-  return tickets, True
+    spent = Spent(*manager.metadata().get("spent", ()))
+  return tickets, spent

@@ -167,7 +167,8 @@ def dense_masks(config: ml_collections.ConfigDict, family: steps_lib.Family,
 
 # ---------------------------------------------------------------------------------- stages
 class Timing(NamedTuple):
-  """Wall-clock and process CPU seconds of a group (compilation included), and its size."""
+  """Wall-clock and process CPU seconds of a group (building and compilation included; a
+  resumed group adds the time saved in its checkpoint, :meth:`Context.spent`), and its size."""
   seconds: float
   cpu_seconds: float
   tickets: int
@@ -209,6 +210,7 @@ class Context:
       self.mesh = meshes.make_mesh(devices=jax.local_devices()[:1])
       self.execution = "sequential"
     self._runners: dict = {}
+    self._clocks: dict[str, tuple] = {}   # checkpoint dir -> (Spent before, wall, CPU at start)
     self.writer = report.MetricWriter(workdir, enabled=self.is_main)
     # Process 0 trains (and caches) the feature classifier first; the others then load it.
     if self.is_main:
@@ -255,14 +257,26 @@ class Context:
   # ------------------------------------------------------------------------------- train
   def resume(self, checkpoint_dir: str, make_tickets: Callable[[], list[groups.Ticket]], *,
              family: steps_lib.Family | None = None, label: str = "") -> list[groups.Ticket]:
-    """:func:`groups.resume` for a group of ``family`` (default: the config's), logged."""
+    """:func:`groups.resume` for a group of ``family`` (default: the config's), logged. Starts
+    the group's clock (:meth:`spent`), from the time a resumed group had already taken."""
+    start = time.perf_counter(), time.process_time()
     shape = lambda: (self.state_shape if family is None
                      else jax.eval_shape(family.init, jax.random.key(0)))
-    tickets, resumed = groups.resume(checkpoint_dir, shape, make_tickets)
-    if resumed:
+    tickets, spent = groups.resume(checkpoint_dir, shape, make_tickets)
+    if spent is not None:
       logging.info("%sresuming %d tickets at step %d", label, len(tickets),
                    int(tickets[0].state.step))
+    self._clocks[checkpoint_dir] = (spent or groups.Spent(), *start)
     return tickets
+
+  def spent(self, checkpoint_dir: str) -> groups.Spent:
+    """The time the group of ``checkpoint_dir`` has taken since :meth:`resume` built it, over
+    every process that trained it: a stage resumed after a kill or a stop reports the time of
+    its steps once, not only its last process's (early-bird's wall-clock ratios read it)."""
+    before, wall, cpu = self._clocks.setdefault(
+        checkpoint_dir, (groups.Spent(), time.perf_counter(), time.process_time()))
+    return groups.Spent(before.seconds + time.perf_counter() - wall,
+                        before.cpu_seconds + time.process_time() - cpu)
 
   def train(self, tickets: Sequence[groups.Ticket], *, until_step: int, checkpoint_dir: str,
             family: steps_lib.Family | None = None, key: str = "", label: str = ""
@@ -280,7 +294,7 @@ class Context:
     with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
       def save(step, current):
         if step not in manager.all_steps():
-          groups.save(manager, step, tickets, current)
+          groups.save(manager, step, tickets, current, self.spent(checkpoint_dir))
 
       first = int(tickets[0].state.step)
       last_log = [first]
@@ -372,14 +386,14 @@ class Context:
     """
     todo = self.pending(stage_dir, names)
     if todo:
-      start = time.perf_counter(), time.process_time()
       checkpoints = os.path.join(stage_dir, "checkpoints", _group_id(todo))
       tickets = self.resume(checkpoints, lambda: make_tickets(todo), family=family, label=label)
       states = self.train(tickets, until_step=until_step, checkpoint_dir=checkpoints,
                           family=family, key=key, label=label)
       jax.block_until_ready(states)
-      timing = Timing(time.perf_counter() - start[0], time.process_time() - start[1],
-                      len(tickets))
+      spent = self.spent(checkpoints)
+      del self._clocks[checkpoints]
+      timing = Timing(spent.seconds, spent.cpu_seconds, len(tickets))
       self.finish(stage_dir, tickets, states, family=family,
                   columns=lambda t, s: columns(t, s, timing), **finish_kwargs)
       if grid and self.is_main:

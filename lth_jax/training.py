@@ -8,7 +8,6 @@ loop of :class:`lth_jax.parallel.TicketRunner` on one device, losses logged ever
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import ml_collections
@@ -33,12 +32,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_key, run_key = jax.random.split(jax.random.key(config.seed))
   state = ctx.family.init(init_key)
   ticket = groups.Ticket("dense", state, ctx.dense_masks(state.params), run_key, {})
-  start = time.perf_counter()
   checkpoints = os.path.join(workdir, "checkpoints")
   [state] = ctx.train(ctx.resume(checkpoints, lambda: [ticket]), until_step=config.train.steps,
                       checkpoint_dir=checkpoints)
+  jax.block_until_ready(state)
+  train_seconds = ctx.spent(checkpoints).seconds    # a resumed run's steps before it included
   results = ctx.evaluator(ctx.family, state)
-  results["train_seconds"] = time.perf_counter() - start
+  results["train_seconds"] = train_seconds
   if ctx.is_main:
     ctx.evaluator.save_grid(ctx.family, state, os.path.join(workdir, "samples.png"))
     ctx.writer.write_scalars(int(state.step), results)

@@ -35,9 +35,14 @@ def test_smoke_run_writes_everything_and_resumes(family, tmp_path):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     lines = [json.loads(l) for l in f]
   assert lines[0]["step"] == config.train.log_every
-  # Running again resumes from the final checkpoint: no training step is repeated.
+  # Running again resumes from the final checkpoint: no training step is repeated, and the
+  # training time it reports is the time saved with the checkpoint, not its own few seconds.
+  with checkpointing.Manager(os.path.join(workdir, "checkpoints")) as manager:
+    saved_seconds = manager.metadata()["spent"][0]
+  assert 0 < saved_seconds <= results["train_seconds"]
   again = training.train_and_evaluate(config, workdir)
   assert again[next(iter(results))] == pytest.approx(results[next(iter(results))])
+  assert again["train_seconds"] >= saved_seconds
 
 
 def test_divergence_is_caught_and_last_good_checkpoint_kept(tmp_path):
@@ -91,13 +96,13 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
     built.append(True)
     return tickets
 
-  got, was_resumed = groups.resume(str(tmp_path / "whole"), lambda: shape, make_tickets)
-  assert got is tickets and not was_resumed and built
+  got, spent = groups.resume(str(tmp_path / "whole"), lambda: shape, make_tickets)
+  assert got is tickets and spent is None and built
   with checkpointing.Manager(tmp_path / "whole") as manager:
-    groups.save(manager, 2, tickets, states)
+    groups.save(manager, 2, tickets, states, groups.Spent(12.5, 20.25))
   built.clear()
-  resumed, was_resumed = groups.resume(str(tmp_path / "whole"), lambda: shape, make_tickets)
-  assert was_resumed and not built
+  resumed, spent = groups.resume(str(tmp_path / "whole"), lambda: shape, make_tickets)
+  assert spent == (12.5, 20.25) and not built   # the time taken before the resume
   for got, want in zip(resumed, tickets):
     assert (got.name, got.tags, got.run_key.dtype) == (want.name, want.tags, want.run_key.dtype)
     assert all(type(v) in (int, str) for v in got.tags.values())   # NumPy scalars as JSON
@@ -112,10 +117,10 @@ def test_a_group_resumes_whole_from_its_checkpoint_and_older_layouts_rebuild(tmp
     with checkpointing.Manager(tmp_path / layout) as manager:
       manager.save(2, tree)
     built.clear()
-    got, was_resumed = groups.resume(
+    got, spent = groups.resume(
         str(tmp_path / layout), lambda: shape,
         lambda: make_tickets() and [t._replace(state=shape) for t in tickets])
-    assert was_resumed and built
+    assert spent == (0.0, 0.0) and built     # not recorded in the older layouts
     assert isinstance(got[0].state.params["encoder"]["body"]["conv0"]["kernel"], np.ndarray)
     chex.assert_trees_all_equal([t.state for t in got], jax.device_get(states))
 
