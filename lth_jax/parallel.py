@@ -287,8 +287,8 @@ class TicketRunner:
     Raises:
       steps_lib.DivergenceError: a ticket's loss or params became NaN/Inf (names the ticket
         and step).
-      preemption.Preempted: a stop was requested (one process only): before the first call, or
-        after the call in flight, whose step is then passed to ``on_boundary`` first.
+      preemption.Preempted: a stop was requested (:func:`preemption.reached`): before the first
+        call (one process), or after a call, whose step is then passed to ``on_boundary``.
     """
     if not (len(states) == len(masks) == len(run_keys)) or not states:
       raise ValueError("train needs one state, mask tree and key per ticket")
@@ -312,8 +312,8 @@ class TicketRunner:
       if on_chunk is not None:
         on_chunk(done_step, metrics)
 
-    stoppable = jax.process_count() == 1     # see lth_jax.preemption: one process only
-    if stoppable:
+    processes = jax.process_count()
+    if processes == 1:
       preemption.check()
     for n in chunk_sizes(step, until_step, self.steps_per_call, boundary_every):
       carry, device_metrics = call(n, carry)
@@ -321,7 +321,7 @@ class TicketRunner:
         settle()
       step += n
       pending = (step, device_metrics)
-      stop = stoppable and step < until_step and preemption.requested() is not None
+      stop = preemption.reached(processes)
       if on_boundary is not None and (step == until_step or stop or (
           boundary_every and step % boundary_every == 0)):
         settle()                          # never checkpoint a diverged state
@@ -330,8 +330,8 @@ class TicketRunner:
       if stop:
         if pending is not None:
           settle()
-        logging.warning("%s: stopping at step %d", preemption.requested(), step)
-        preemption.check(step if on_boundary is not None else None)
+        logging.warning("%s: stopping at step %d", stop, step)
+        raise preemption.Preempted(stop, step if on_boundary is not None else None)
     if pending is not None:
       settle()
     return self._states(carry, t)

@@ -10,19 +10,28 @@ repeated SIGTERM changes nothing. Without :func:`handle_signals` (a notebook, a 
 signals keep their usual effect and :func:`requested` stays ``None`` unless :func:`request` is
 called.
 
-Only a single-process run installs the handlers: in a multi-process run the processes would
-each stop at a step of their own, so there a signal still ends the process and the run resumes
-from its last ``train.checkpoint_every`` checkpoint, as after a SIGKILL.
+A multi-process run (``jax.distributed``) installs no handlers: each process would stop at a
+call of its own and the next collective would hang. There JAX's preemption service (on by
+default) catches a SIGTERM sent to any of the processes, and :func:`reached` agrees with every
+process on the call after which all of them stop and save, through
+``multihost_utils.reached_preemption_sync_point``. Ctrl-C keeps its usual effect there.
 """
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
+
+import jax
+from jax.experimental import multihost_utils
 
 # The first signal's name (or reason) asking for a stop. A list appended to under the GIL: the
 # handler may run between any two bytecodes of the main thread, so no lock and no I/O in it.
 _requested: list[str] = []
+# Training calls made by this process, counted alike on every process (they make the same
+# calls): JAX's preemption service names the call to stop after by this count.
+_calls = itertools.count(1)
 
 
 class Preempted(Exception):
@@ -61,6 +70,21 @@ def requested() -> str | None:
 def clear() -> None:
   """Forgets a requested stop (a test, or a notebook that caught :class:`Preempted`)."""
   _requested.clear()
+
+
+def reached(process_count: int) -> str | None:
+  """Called after every training call, on every process: the reason to stop now, or ``None``.
+
+  One process: the stop asked for (:func:`request`, a handled signal). Several: ``'SIGTERM'``
+  at the call that JAX's preemption service chose once a SIGTERM reached any of them (the same
+  call on every process), so every process must call this after every call.
+  """
+  if process_count == 1:
+    return requested()
+  if jax.config.jax_enable_preemption_service and multihost_utils.reached_preemption_sync_point(
+      next(_calls)):
+    return "SIGTERM"
+  return None
 
 
 def check(step: int | None = None) -> None:

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from tests.conftest import LEGACY_EMITTERS, built_once, fmnist_available, needs_
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
 STEPS = 3
+PREEMPTED_UNTIL = 1000   # far past the call the processes agree to stop after (a few calls)
 
 
 @functools.cache
@@ -159,7 +161,8 @@ def worker_processes(workdir, with_lottery):
   """One of two processes (``LTH_JAX_*`` set by the test) with one device each.
 
   3 AE tickets over a mesh spanning both processes, checkpointed with Orbax and resumed;
-  then, with ``with_lottery``, the tiny lottery search in ``workdir/two``.
+  then, with ``with_lottery``, the tiny lottery search in ``workdir/two``; last, the tickets
+  trained again until a SIGTERM to process 1 stops both.
   """
   experiment_main.maybe_initialize_distributed()
   fam = family("ae")
@@ -185,6 +188,22 @@ def worker_processes(workdir, with_lottery):
                "restored_step": int(restored[0].step)}, f)
   if with_lottery:
     lottery.run(lottery_config(), os.path.join(workdir, "two"))
+  # Preemption: a SIGTERM to process 1 (caught by JAX's preemption service: a multi-process run
+  # installs no Python handler) stops both processes after one agreed call, each saving there.
+  saved = []
+
+  def on_chunk(step, metrics):
+    if step == 2 and process == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  try:
+    runner.train(states, tree, images(), keys, until_step=PREEMPTED_UNTIL,
+                 on_boundary=lambda step, s: saved.append(step), on_chunk=on_chunk)
+    stop = {"step": None}
+  except preemption.Preempted as e:
+    stop = {"step": e.step, "reason": e.reason}
+  with open(os.path.join(workdir, f"preempted{process}.json"), "w") as f:
+    json.dump({**stop, "saved": saved}, f)
 
 
 # ------------------------------------------------------------------------- test helpers
@@ -459,7 +478,7 @@ def test_data_axis_splits_each_batch_and_matches(runs):
   assert run["info"]["data2"]["risk"] is None     # the worker runs with PJRT_NPROC=8
 
 
-def test_two_processes_split_tickets_checkpoint_and_resume(runs):
+def test_two_processes_split_tickets_checkpoint_resume_and_stop_together(runs):
   infos = []
   for pid in (0, 1):
     with open(runs["dir"] / f"process{pid}.json") as f:
@@ -471,6 +490,13 @@ def test_two_processes_split_tickets_checkpoint_and_resume(runs):
   assert infos[0]["owners"] == infos[1]["owners"] == [0, 0, 1]
   assert infos[0]["global_devices"] == 2 and infos[0]["local_devices"] == 1
   assert infos[0]["steps"] == [2, 3] and infos[0]["restored_step"] == 2
+  stops = []
+  for pid in (0, 1):
+    with open(runs["dir"] / f"preempted{pid}.json") as f:
+      stops.append(json.load(f))
+  assert stops[0] == stops[1], stops            # the same call on both processes
+  assert stops[0]["reason"] == "SIGTERM" and 2 <= stops[0]["step"] < PREEMPTED_UNTIL
+  assert stops[0]["saved"] == [stops[0]["step"]]
 
 
 @needs_fmnist
