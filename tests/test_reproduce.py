@@ -135,10 +135,11 @@ def test_job_clock_writes_while_running_and_accumulates(tmp_path):
   assert total["devices"] == [jax.devices()[0].device_kind]   # where the job ran
 
 
-def test_jobs_run_in_order_of_the_claims_their_family_serves():
+def test_jobs_run_claim1_of_the_paper_families_first_then_by_the_claims_a_family_serves():
   assert set(reproduction.SCALE_WHY) == set(reproduction.SCALES)   # each scale says its cuts
   jobs = reproduction.jobs_for(list(reproduction.CLAIMS), "cpu")
-  served = [len(families.get(j.config.family).reproduction.claims) for j in jobs]
+  assert [j.name for j in jobs[:3]] == ["search_vae", "search_dcgan", "search_ae"]
+  served = [len(families.get(j.config.family).reproduction.claims) for j in jobs[3:]]
   assert served == sorted(served, reverse=True)
   assert jobs[-1].config.family not in reproduction.claim_families(2)   # the zoo's last
   names = [j.name for j in jobs]
