@@ -151,7 +151,10 @@ def main(argv) -> None:
     experiment_main.exit_preempted(stop)
   command = "python experiments/reproduce.py " + " ".join(without_workers(sys.argv[1:]))
   with reproduction.file_lock(os.path.join(workdir, "report.lock"), wait=True):
-    page = reproduction_report.write(workdir, results, claims, scale, command)
+    try:
+      page = reproduction_report.write(workdir, results, claims, scale, command)
+    except ValueError as e:   # jobs measured in different feature spaces
+      experiment_main.fail(str(e))
   print(page)
   print(f"results in {os.path.abspath(results)}")
   if failed:

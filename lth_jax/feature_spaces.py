@@ -66,7 +66,9 @@ class FeatureExtractor(NamedTuple):
     features: images float ``[N, H, W, C]`` in [-1, 1] → ``np.ndarray [N, D]`` float32.
     logits: images → ``np.ndarray [N, K]`` float32 class logits.
     features_and_logits: images → both, in one pass over the network.
-    info: facts to report with the metrics (e.g. the classifier's test accuracy, weights path).
+    info: facts to report with the metrics (e.g. the classifier's test accuracy, weights path;
+      ``weights_sha256``: the first 12 hex digits of the weights file's SHA-256, which names
+      the feature space exactly: two classifiers of one config trained on two machines differ).
   """
   name: str
   features: Callable[[Images], np.ndarray]
@@ -142,7 +144,17 @@ def inception_feature_extractor(weights_path: str | os.PathLike, *,
   apply = jax.jit(lambda v, images: model.apply(v, inception_lib.preprocess(images)))
   apply_fn = functools.partial(apply, variables)  # weights as arguments, not baked-in constants
   return _make_extractor("inception", apply_fn, batch_size=batch_size,
-                         info={"weights": os.fspath(weights_path)})
+                         info={"weights": os.fspath(weights_path),
+                               "weights_sha256": _file_sha256(weights_path)})
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+  """The first 12 hex digits of the SHA-256 of the file at ``path``."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()[:12]
 
 
 def _check_dataset(images: np.ndarray, labels: np.ndarray, split: str) -> None:
@@ -356,4 +368,5 @@ def classifier_feature_extractor(dataset_name: str, train_images: np.ndarray,
   apply = jax.jit(lambda p, images: model.apply({"params": p}, images))
   apply_fn = functools.partial(apply, jax.device_put(params))
   return _make_extractor(name, apply_fn, batch_size=batch_size, info={
-      "test_accuracy": record["test_accuracy"], "weights": weights_path})
+      "test_accuracy": record["test_accuracy"], "weights": weights_path,
+      "weights_sha256": _file_sha256(weights_path)})

@@ -17,6 +17,7 @@ Rules (stated again on the page):
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Sequence
@@ -365,9 +366,41 @@ def progress(job: reproduction.Job, workdir: str) -> str:
   return f"{sum(finished(level) for level in range(1, levels + 1))} of {levels} levels done"
 
 
+def feature_spaces_used(workdir: str) -> str:
+  """The page's sentence naming the feature space every job's FID/KID was measured in (each
+  run directory's ``runs.FEATURE_SPACE_FILE``).
+
+  Raises:
+    ValueError: jobs measured in one feature space with different weights (e.g. a job made on
+      another machine whose classifier was trained there): their numbers do not compare.
+  """
+  used: dict[tuple[str, str], list[str]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "*", "**", runs.FEATURE_SPACE_FILE),
+                               recursive=True)):
+    record = runs.read_json(path)
+    used.setdefault((record["name"], record["weights_sha256"]), []).append(
+        os.path.relpath(os.path.dirname(path), workdir))
+  names = [name for name, _ in used]
+  clash = sorted({name for name in names if names.count(name) > 1})
+  if clash:
+    sets = "; ".join(f"weights {sha}: {', '.join(dirs)}" for (name, sha), dirs in used.items()
+                     if name in clash)
+    raise ValueError(f"the jobs' metrics were measured in feature space {', '.join(clash)} "
+                     f"with different weights ({sets}): their numbers do not compare; rerun one "
+                     "set's jobs with the other's weights file")
+  return " ".join(f"FID/KID in feature space `{name}`, weights `{sha}` (first 12 hex digits of "
+                  "the file's SHA-256), for every job." for name, sha in used)
+
+
 def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
           command: str) -> str:
-  """Writes ``claim<N>.csv``, plots and ``README.md`` into ``results_dir``; returns the page."""
+  """Writes ``claim<N>.csv``, plots and ``README.md`` into ``results_dir``; returns the page.
+
+  Raises:
+    ValueError: the jobs' metrics come from different feature-space weights
+      (:func:`feature_spaces_used`); nothing is written then.
+  """
+  measured_in = feature_spaces_used(workdir)
   os.makedirs(results_dir, exist_ok=True)
   sections = []
   for c in claims:
@@ -400,7 +433,7 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
   lines += ["", __doc__.split("Rules (stated again on the page):", 1)[1].strip(), ""]
   lines += ["## Scale", "", f"Data: Fashion-MNIST (32x32x1) for every family (the paper: "
             "CIFAR-10, CelebA, MNIST). Each level prunes the `rate` of the remaining weights "
-            f"(the paper: 20%). {reproduction.SCALE_WHY[scale]}", "",
+            f"(the paper: 20%). {reproduction.SCALE_WHY[scale]} {measured_in}".rstrip(), "",
             "| family | width | steps | batch | rate | levels (pruned %) | rewind | seeds |",
             "|---|---:|---:|---:|---:|---|---|---|"]
   for family in reproduction.claim_families(1):

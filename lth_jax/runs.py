@@ -41,6 +41,7 @@ from lth_jax import checkpointing
 from lth_jax import data as data_lib
 from lth_jax import evaluation
 from lth_jax import families
+from lth_jax import feature_spaces
 from lth_jax import groups
 from lth_jax import masks as masks_lib
 from lth_jax import meshes
@@ -143,6 +144,38 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *,
     write_json(path, current)
 
 
+FEATURE_SPACE_FILE = "feature_space.json"
+
+
+def pin_feature_space(workdir: str, extractor: feature_spaces.FeatureExtractor | None) -> None:
+  """Records in ``workdir/feature_space.json`` the feature space its metrics are measured in
+  (name, weights fingerprint, classifier accuracy), or refuses to go on in another one.
+
+  FID and KID move with the feature network's weights: the same classifier config trained on
+  another machine gave FIDs ~5% apart (BUILD_NOTES.md), so a run resumed where the classifier
+  cache holds other weights would mix two scales in one table. Extractors without a weights
+  fingerprint (none: the AE) are not recorded.
+
+  Raises:
+    WorkdirConflictError: the workdir's metrics were measured with other weights.
+  """
+  if extractor is None or "weights_sha256" not in extractor.info:
+    return
+  record = {"name": extractor.name, "weights_sha256": extractor.info["weights_sha256"],
+            "test_accuracy": extractor.info.get("test_accuracy")}
+  path = os.path.join(workdir, FEATURE_SPACE_FILE)
+  if os.path.exists(path):
+    pinned = read_json(path)
+    if (pinned["name"], pinned["weights_sha256"]) != (record["name"], record["weights_sha256"]):
+      raise WorkdirConflictError(
+          f"workdir {workdir!r} was evaluated in feature space {pinned['name']} with weights "
+          f"{pinned['weights_sha256']}, this run's are {record['weights_sha256']} "
+          f"({extractor.info.get('weights')}): their metrics would not compare; evaluate with "
+          f"the same weights file, or use a new --workdir")
+  elif jax.process_index() == 0:
+    write_json(path, record)
+
+
 def family_from_config(config: ml_collections.ConfigDict, *, widths: dict | None = None,
                        bn_l1: float | dict = 0.0) -> steps_lib.Family:
   """The config's model family (:func:`lth_jax.families.from_config`)."""
@@ -221,6 +254,7 @@ class Context:
       self.evaluator = evaluation.Evaluator.from_config(config, self.train_split,
                                                         self.test_split)
     extractor = self.evaluator.extractor
+    pin_feature_space(workdir, extractor)
     self.metric = evaluation.primary_metric_key(config.family, extractor.name if extractor else "")
     self.state_shape = jax.eval_shape(self.family.init, jax.random.key(0))
     logging.info("model %s: %s", config.family, param_summary(self.state_shape.params))

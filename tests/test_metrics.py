@@ -1,5 +1,6 @@
 """Tests for lth_jax.metrics, lth_jax.feature_spaces and their models (inception, classifier)."""
 
+import hashlib
 import json
 import os
 
@@ -226,6 +227,9 @@ def test_classifier_trains_and_caches(toy, monkeypatch):
       "toy", *toy["data"], cache_dir=toy["cache"], config=_TOY_CONFIG)
   images = _as_float(toy["data"][2][:10])
   np.testing.assert_array_equal(again.features(images), extractor.features(images))
+  with open(os.path.join(toy["cache"], files[1]), "rb") as f:   # the weights, fingerprinted
+    assert extractor.info["weights_sha256"] == hashlib.sha256(f.read()).hexdigest()[:12]
+  assert again.info["weights_sha256"] == extractor.info["weights_sha256"]
   with pytest.raises(AssertionError, match="cached"):  # a new config is a new cache entry
     feature_spaces.classifier_feature_extractor(
         "toy", *toy["data"], cache_dir=toy["cache"], config={**_TOY_CONFIG, "steps": 41})

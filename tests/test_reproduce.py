@@ -119,6 +119,23 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   assert "Highest winning sparsity" in partial
 
 
+def test_the_page_names_the_feature_space_and_refuses_jobs_of_two(tmp_path):
+  record = lambda sha: {"name": "fmnist_clf", "weights_sha256": sha, "test_accuracy": 0.9}
+  runs.write_json(str(tmp_path / "search_vae" / runs.FEATURE_SPACE_FILE), record("aaa"))
+  runs.write_json(str(tmp_path / "transfer_x" / "target" / runs.FEATURE_SPACE_FILE),
+                  record("aaa"))
+  assert reproduction_report.feature_spaces_used(str(tmp_path)) == (
+      "FID/KID in feature space `fmnist_clf`, weights `aaa` (first 12 hex digits of the file's "
+      "SHA-256), for every job.")
+  runs.write_json(str(tmp_path / "search_sngan" / runs.FEATURE_SPACE_FILE), record("bbb"))
+  results = tmp_path / "results"
+  with pytest.raises(ValueError, match=r"feature space fmnist_clf with different weights "
+                                       r"\(weights bbb: search_sngan; weights aaa: search_vae, "
+                                       r"transfer_x/target\): their numbers do not compare"):
+    reproduction_report.write(str(tmp_path), str(results), [1], "smoke", "")
+  assert not results.exists()                   # nothing written
+
+
 def test_job_clock_writes_while_running_and_accumulates(tmp_path):
   path = str(tmp_path / "job" / "job_time.json")
   with reproduction._job_clock(path, every_s=0.02):   # pylint: disable=protected-access

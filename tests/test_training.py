@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import checkpointing, configs, groups, masks, pruning, runs, training
+from lth_jax import checkpointing, configs, feature_spaces, groups, masks, pruning, runs
+from lth_jax import training
 from lth_jax import steps as steps_lib
 from tests.conftest import needs_fmnist
 
@@ -64,6 +65,24 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   other.train.steps = 99
   with pytest.raises(runs.WorkdirConflictError, match="train.steps"):
     runs.prepare_workdir(str(tmp_path), other)
+
+
+def test_a_workdir_keeps_the_feature_space_its_metrics_were_measured_in(tmp_path):
+  """The first run records the feature network's weights; a resumed run whose classifier cache
+  holds other weights (another machine trained it) is refused before it trains."""
+  info = {"weights_sha256": "aaaaaaaaaaaa", "test_accuracy": 0.918, "weights": "/c/clf.msgpack"}
+  extractor = feature_spaces.FeatureExtractor("fmnist_clf", None, None, None, info)
+  runs.pin_feature_space(str(tmp_path), extractor)
+  runs.pin_feature_space(str(tmp_path), extractor)                  # the same weights: fine
+  with open(tmp_path / runs.FEATURE_SPACE_FILE) as f:
+    assert json.load(f) == {"name": "fmnist_clf", "weights_sha256": "aaaaaaaaaaaa",
+                            "test_accuracy": 0.918}
+  other = extractor._replace(info={**info, "weights_sha256": "bbbbbbbbbbbb"})
+  with pytest.raises(runs.WorkdirConflictError, match="weights aaaaaaaaaaaa, this run's are "
+                                                      "bbbbbbbbbbbb"):
+    runs.pin_feature_space(str(tmp_path), other)
+  runs.pin_feature_space(str(tmp_path / "ae"), None)                # no feature space: no file
+  assert not (tmp_path / "ae").exists()
 
 
 def test_a_resumed_run_may_change_its_checkpoint_cadence(tmp_path):
