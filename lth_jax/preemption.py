@@ -20,6 +20,7 @@ process on the call after which all of them stop and save, through
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import threading
 
@@ -27,7 +28,8 @@ import jax
 from jax.experimental import multihost_utils
 
 # The first signal's name (or reason) asking for a stop. A list appended to under the GIL: the
-# handler may run between any two bytecodes of the main thread, so no lock and no I/O in it.
+# handler may run between any two bytecodes of the main thread, so no lock in it, and its one
+# message is an unbuffered os.write.
 _requested: list[str] = []
 # Training calls made by this process, counted alike on every process (they make the same
 # calls): JAX's preemption service names the call to stop after by this count.
@@ -97,6 +99,9 @@ def _on_signal(number: int, frame) -> None:
   name = signal.Signals(number).name
   if name == "SIGINT" and requested() is not None:
     signal.default_int_handler(number, frame)      # a second Ctrl-C: KeyboardInterrupt now
+  if requested() is None:   # one unbuffered write: print() here could re-enter sys.stderr's
+    os.write(2, f"{name}: stopping after the training call in flight, saved (Ctrl-C again "
+                f"stops at once)\n".encode())
   request(name)
 
 

@@ -426,6 +426,7 @@ def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 10.0,
   """
   pending, failed = list(jobs), []
   while pending:
+    preemption.check()
     waiting = {job.name for job in pending}
     for job in pending:
       if job.source in failed:
@@ -434,7 +435,6 @@ def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 10.0,
         break
       if job.source in waiting:
         continue
-      preemption.check()
       try:
         finished = run_job(job, workdir, announce)
       except keep_going as error:

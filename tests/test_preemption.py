@@ -69,6 +69,7 @@ def test_sigterm_stops_a_binary_at_the_step_it_reached_with_a_checkpoint(tmp_pat
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  assert "SIGTERM: stopping after the training call in flight, saved" in stderr  # when it came
   last = stderr.strip().splitlines()[-1]
   match = re.fullmatch(r"stopped by SIGTERM \(saved at step (\d+)\); run the same command again "
                        r"to resume", last)
