@@ -61,7 +61,8 @@ case "$1" in
   3)
     mkdir -p "${LTH_JAX_CACHE_DIR:?source .device/env.sh first}/classifiers"
     cp .device/classifiers/* "$LTH_JAX_CACHE_DIR/classifiers/"
-    zoo=search_vae_beta1,search_wgan_gp,search_sngan,search_resnet_vae,search_wgan,search_resnet_dcgan
+    zoo=search_wgan_gp,search_sngan,search_wgan,search_linear_ae,search_vae_beta1,search_resnet_vae
+    zoo=$zoo,search_resnet_dcgan
     dcgan=search_dcgan_only_generator,search_dcgan_only_discriminator,search_dcgan_rewind0
     dcgan=$dcgan,early_bird_dcgan_0.3,early_bird_dcgan_0.5,early_bird_dcgan_0.6,early_bird_dcgan_0.75
     deadline=$((SECONDS + ${BUDGET_S:-480}))

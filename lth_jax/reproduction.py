@@ -13,7 +13,7 @@ Several processes may run the same command on one workdir (one per CPU core: ``r
 lock, an ``flock`` on POSIX that the kernel drops when its process dies), the others take the
 next job, and a ``stability`` job waits for the search it reads. Jobs run in
 :func:`jobs_for`'s order: claim 1's searches of the paper's three families (AE, β-VAE, DCGAN),
-then the families most claims rest on first.
+then the families most claims rest on first, and among equals the cheaper job first.
 
 The families are the registered ones with a ``families.Reproduction`` (their IMP levels and
 config changes per scale, and the claims they take part in; :func:`claim_families`).
@@ -287,11 +287,13 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
   order = {"find_tickets": 0, "transfer": 1, "early_bird": 2, "stability": 3}
   headline = {f"search_{f}" for f in claim_families(2)}   # claim 1 of the paper's 3 families
 
-  def key(job: Job) -> tuple[int, int, int]:
+  def key(job: Job) -> tuple[int, int, int, int]:
     # Claim 1's searches of the paper's three families (the question the run answers), then
-    # the families most claims rest on.
-    return (job.name not in headline, -len(families_lib.get(job.config.family).reproduction
-                                           .claims), order[job.binary])
+    # the families most claims rest on, then the cheaper job (steps x levels x seeds) first.
+    c = job.config
+    cost = c.train.steps * (c.lottery.levels if "lottery" in c else 1) * len(c.tickets.seeds)
+    return (job.name not in headline,
+            -len(families_lib.get(c.family).reproduction.claims), order[job.binary], cost)
   return sorted(merged.values(), key=key)
 
 

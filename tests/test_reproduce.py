@@ -161,6 +161,9 @@ def test_jobs_run_claim1_of_the_paper_families_first_then_by_the_claims_a_family
   assert jobs[-1].config.family not in reproduction.claim_families(2)   # the zoo's last
   names = [j.name for j in jobs]
   assert names.index("search_dcgan") < names.index("stability_dcgan")
+  zoo = [n for n in names if n.startswith("search_") and jobs[names.index(n)].config.family
+         not in reproduction.claim_families(2)]
+  assert zoo[0] == "search_wgan_gp" and zoo[-1] == "search_resnet_dcgan"   # cheapest first
 
 
 def test_run_jobs_leaves_a_locked_job_to_its_process_and_waits_for_a_source(tmp_path,
