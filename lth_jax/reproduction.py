@@ -13,7 +13,8 @@ Several processes may run the same command on one workdir (one per CPU core: ``r
 lock, an ``flock`` on POSIX that the kernel drops when its process dies), the others take the
 next job, and a ``stability`` job waits for the search it reads. Jobs run in
 :func:`jobs_for`'s order: claim 1's searches of the paper's three families (AE, β-VAE, DCGAN),
-then the families most claims rest on first, and among equals the cheaper job first.
+then the families most claims rest on first, and among equals the shorter chain of
+trainings (steps x levels) first.
 
 The families are the registered ones with a ``families.Reproduction`` (their IMP levels and
 config changes per scale, and the claims they take part in; :func:`claim_families`).
@@ -86,8 +87,8 @@ SCALE_WHY = {
            "paper's 20% levels per level (36%): the paper's final sparsities in half the "
            "trainings, through every other point of its grid. SNIP/GraSP/SynFlow and one-shot "
            "at four levels spread over the range, not at every level. Three seeds for the "
-           "paper's three families; one for the rest of the zoo, whose default presets train "
-           "5-15 minutes each.",
+           "paper's three families and the linear AE (under a minute per training); one for the "
+           "rest of the zoo, whose default presets train 5-15 minutes each.",
     "gpu": "The paper's widths (the families' `paper` presets) and IMP rate, on Fashion-MNIST, "
            "5 seeds.",
 }
@@ -289,9 +290,9 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
 
   def key(job: Job) -> tuple[int, int, int, int]:
     # Claim 1's searches of the paper's three families (the question the run answers), then
-    # the families most claims rest on, then the cheaper job (steps x levels x seeds) first.
+    # the families most claims rest on, then the shorter chain of trainings (steps x levels).
     c = job.config
-    cost = c.train.steps * (c.lottery.levels if "lottery" in c else 1) * len(c.tickets.seeds)
+    cost = c.train.steps * (c.lottery.levels if "lottery" in c else 1)
     return (job.name not in headline,
             -len(families_lib.get(c.family).reproduction.claims), order[job.binary], cost)
   return sorted(merged.values(), key=key)

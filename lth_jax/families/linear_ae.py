@@ -30,5 +30,6 @@ SPEC = families.register(families.Spec(
     presets={"paper": {"model.width": linear_autoencoder.PAPER_WIDTH,
                        "train.batch_size": 128, "lottery.rewind_step": "0it"}},
     reproduction=families.Reproduction(
-        winning=89.2, levels={"smoke": 1, "cpu": 10, "gpu": 10}, seeds={"cpu": (0,)},
-        claims=(1,))))
+        winning=89.2, levels={"smoke": 1, "cpu": 10, "gpu": 10}, claims=(1,))))
+# The scale's seeds (3 at cpu scale): its cpu search took 3 CPU-minutes with one seed, and
+# that seed's verdict at 73.8% flipped between two machines (BUILD_NOTES.md).
