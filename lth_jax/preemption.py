@@ -89,17 +89,17 @@ def reached(process_count: int) -> str | None:
   return None
 
 
-def check(step: int | None = None) -> None:
-  """Raises :class:`Preempted` (at ``step``) when a stop was requested."""
+def check() -> None:
+  """Raises :class:`Preempted` (nothing saved) when a stop was requested: before work starts."""
   if (reason := requested()) is not None:
-    raise Preempted(reason, step)
+    raise Preempted(reason)
 
 
 def _on_signal(number: int, frame) -> None:
   name = signal.Signals(number).name
   if name == "SIGINT" and requested() is not None:
     signal.default_int_handler(number, frame)      # a second Ctrl-C: KeyboardInterrupt now
-  if requested() is None:   # one unbuffered write: print() here could re-enter sys.stderr's
+  if requested() is None:   # os.write: a print() could re-enter a write to sys.stderr
     os.write(2, f"{name}: stopping after the training call in flight, saved (Ctrl-C again "
                 f"stops at once)\n".encode())
   request(name)
