@@ -93,15 +93,17 @@ def _empty(shape: jax.ShapeDtypeStruct, *lead: int, dtype=None) -> np.ndarray:
   return np.empty((*lead, *shape.shape), dtype or shape.dtype)
 
 
-def load(manager: checkpointing.Manager, state_shape: PyTree) -> list[Ticket] | None:
+def load(manager: checkpointing.Manager, state_shape: PyTree,
+         metadata: dict | None = None) -> list[Ticket] | None:
   """The tickets of the newest :func:`save` checkpoint, their states at its step (NumPy),
   or None for a checkpoint of an older layout (states only: its tickets must be rebuilt).
 
   Args:
     state_shape: one ticket's state, as arrays or ShapeDtypeStructs (e.g. ``jax.eval_shape``
       of the family's ``init``).
+    metadata: the checkpoint's metadata, if the caller has read it (else read here).
   """
-  metadata = manager.metadata()
+  metadata = manager.metadata() if metadata is None else metadata
   if "tickets" not in metadata:
     return None
   records, n = metadata["tickets"], len(metadata["tickets"])
@@ -148,10 +150,10 @@ def resume(checkpoint_dir: str, state_shape: Callable[[], PyTree],
   with checkpointing.Manager(checkpoint_dir, max_to_keep=2) as manager:
     if manager.latest_step() is None:
       return make_tickets(), None
-    tickets = load(manager, state_shape())
+    metadata = manager.metadata()
+    tickets = load(manager, state_shape(), metadata)
     if tickets is None:
       tickets = make_tickets()
       states = restore_states(manager, [t.state for t in tickets])
       tickets = [t._replace(state=s) for t, s in zip(tickets, states)]
-    spent = Spent(*manager.metadata().get("spent", ()))
-  return tickets, spent
+  return tickets, Spent(*metadata.get("spent", ()))

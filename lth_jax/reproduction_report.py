@@ -375,8 +375,11 @@ def feature_spaces_used(workdir: str) -> str:
       another machine whose classifier was trained there): their numbers do not compare.
   """
   used: dict[tuple[str, str], list[str]] = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "*", "**", runs.FEATURE_SPACE_FILE),
-                               recursive=True)):
+  # A job's runs write it in the job's directory or one below (a transfer's source/, target/);
+  # a recursive walk would also list every checkpoint file.
+  paths = [p for depth in (("*",), ("*", "*"))
+           for p in glob.glob(os.path.join(workdir, *depth, runs.FEATURE_SPACE_FILE))]
+  for path in sorted(paths):
     record = runs.read_json(path)
     used.setdefault((record["name"], record["weights_sha256"]), []).append(
         os.path.relpath(os.path.dirname(path), workdir))
