@@ -16,7 +16,9 @@ per core trains faster than one process on every core, which ``--workers`` start
   python experiments/reproduce.py --scale=cpu --workers=2     # one process per core, pinned
 
 ``--jobs=search_sngan,search_wgan`` runs only the named jobs (e.g. on another machine, whose
-finished job directories are then copied into the workdir).
+finished job directories are then copied into the workdir). ``--status`` trains nothing: it
+prints each job's state, trainings done, CPU hours spent and an estimate of those left
+(``lth_jax.reproduction_status``), beside running workers too.
 
 The claims, scales and jobs are in ``lth_jax.reproduction``; the tables and verdicts in
 ``lth_jax.reproduction_report``.
@@ -35,6 +37,7 @@ from lth_jax import experiment_main
 from lth_jax import preemption
 from lth_jax import reproduction
 from lth_jax import reproduction_report
+from lth_jax import reproduction_status
 
 _SCALE = flags.DEFINE_enum("scale", "cpu", reproduction.SCALES, "Model sizes, seeds and levels.")
 _CLAIMS = flags.DEFINE_string("claims", ",".join(map(str, reproduction.CLAIMS)),
@@ -45,6 +48,8 @@ _WORKERS = flags.DEFINE_integer("workers", 1, "Processes sharing the jobs, each 
                                 "own CPU core where the OS allows (Linux): one per core trains "
                                 "faster on a CPU than one process on every core (BENCHMARKS.md).")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Runs go here (default: workdirs/reproduce_<scale>).")
+_STATUS = flags.DEFINE_bool("status", False, "Print where the run stands (each job's state, "
+                            "trainings done, CPU hours spent and left) and exit; trains nothing.")
 _RESULTS = flags.DEFINE_string("results_dir", "",
                                "Tables, plots and README.md (default: docs/results for cpu, "
                                "docs/results/gpu for gpu, <workdir>/results for smoke).")
@@ -132,6 +137,11 @@ def main(argv) -> None:
       experiment_main.fail(
           f"--jobs: {sorted(blocked)} need {sorted(set(blocked.values()))} finished first "
           f"(not finished in {workdir}); add them to --jobs")
+  if _STATUS.value:
+    if not os.path.isdir(workdir):
+      experiment_main.fail(f"--status: no workdir {workdir!r} (nothing has run there)")
+    print(reproduction_status.table(jobs, workdir))
+    return
   if _WORKERS.value < 1:
     experiment_main.fail(f"--workers must be >= 1, got {_WORKERS.value}")
   if _WORKERS.value > 1:

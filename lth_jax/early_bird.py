@@ -105,7 +105,7 @@ class _Run:
     self.all_kept = self.ctx.dense_masks(self.theta_0[self.seeds[0]].params)
 
   def path(self, stage: str, seed: int, *names: str) -> str:
-    return os.path.join(self.workdir, f"{stage}_seed{seed}", *names)
+    return os.path.join(self.workdir, run_name(stage, seed), *names)
 
   def _cost(self, family, masks=None) -> dict:
     """Analytic cost columns of a (possibly masked or physically smaller) family."""
@@ -119,7 +119,7 @@ class _Run:
              steps_of: Callable[[int], int]) -> dict[int, dict]:
     """Trains every pending seed's start for ``steps_of(seed)`` steps, grouped by architecture
     and starting step; returns every seed's row (``<stage>_seed<s>/metrics.json``)."""
-    names = {s: f"{stage}_seed{s}" for s in self.seeds}
+    names = {s: run_name(stage, s) for s in self.seeds}
     pending = [s for s in self.seeds if self.ctx.pending(self.workdir, [names[s]])]
     starts = {s: make_start(s) for s in pending}
     by_shape: dict = collections.defaultdict(list)
@@ -257,10 +257,7 @@ class _Run:
     ``early_bird.imp_levels`` levels in ``imp/``: per seed, its training wall-clock and FLOPs
     summed over every level (masked kernels run dense, so each step costs a dense step) and its
     last ticket's metric. Seconds: each level's group wall-clock divided by the seeds."""
-    # A lottery config, without the early-bird settings: runs of other early-bird settings can
-    # share (copy) one finished ``imp/``.
-    config = configs.for_binary(self.config, "find_tickets")
-    config.lottery.update(levels=self.eb.imp_levels, branches=("ticket",))
+    config = _imp_config(self.config)
     rows = lottery.run(config, os.path.join(self.workdir, "imp"))
     rewind = config_fields.rewind_step(config, len(self.ctx.train_split.labels))
     steps = config.train.steps + config.lottery.levels * (config.train.steps - rewind)
@@ -274,6 +271,32 @@ class _Run:
                    "train_seconds": sum(r["group_train_seconds"] for r in mine) / len(self.seeds),
                    self.ctx.metric: last[self.ctx.metric]}
     return out
+
+
+def run_name(stage: str, seed: int) -> str:
+  """A stage's run of one seed (its directory in the workdir): ``<stage>_seed<s>``."""
+  return f"{stage}_seed{seed}"
+
+
+def _imp_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ``imp/`` search's config: a lottery config without the early-bird settings (so runs of
+  other early-bird settings can share, copy, one finished ``imp/``), ticket branch only."""
+  imp = configs.for_binary(config, "find_tickets")
+  imp.lottery.update(levels=config.early_bird.imp_levels, branches=("ticket",))
+  return imp
+
+
+def planned_outputs(config: ml_collections.ConfigDict) -> list[str]:
+  """Every run's output file, relative to the workdir, in :func:`run`'s order (a search's is
+  its ``search.json``): the run is done when all exist."""
+  eb = config.early_bird
+  stages = ["dense"] * eb.dense_baseline + ["search", "ticket"] + ["scratch"] * eb.scratch_baseline
+  outputs = [os.path.join(run_name(stage, int(s)), "search.json") if stage == "search"
+             else runs.run_output("", run_name(stage, int(s)))
+             for stage in stages for s in config.tickets.seeds]
+  if eb.imp_levels:
+    outputs += [os.path.join("imp", p) for p in lottery.planned_outputs(_imp_config(config))]
+  return outputs
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:

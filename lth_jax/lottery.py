@@ -63,6 +63,32 @@ PyTree = Any
 EXTENDABLE = ("lottery.levels", "lottery.branches", "lottery.branch_levels")
 
 
+def level_name(level: int) -> str:
+  """A level's directory in the search's workdir: ``level_LL``."""
+  return f"level_{level:02d}"
+
+
+def branches_at(config: ml_collections.ConfigDict, level: int) -> list[str]:
+  """The branches trained at ``level`` >= 1 (``lottery.branch_levels`` may skip baselines)."""
+  only = config_fields.branch_levels(config.lottery)
+  return [b for b in config.lottery.branches if level in only.get(b, (level,))]
+
+
+def level_runs(config: ml_collections.ConfigDict, level: int) -> list[str]:
+  """The runs of ``level``: ``dense_seed<s>`` at 0, then ``<branch>_seed<s>`` per seed."""
+  seeds = [int(s) for s in config.tickets.seeds]
+  if level == 0:
+    return [f"dense_seed{s}" for s in seeds]
+  return [f"{b}_seed{s}" for s in seeds for b in branches_at(config, level)]
+
+
+def planned_outputs(config: ml_collections.ConfigDict) -> list[str]:
+  """Every run's output file (:func:`runs.run_output`), relative to the workdir, in run order:
+  the search is done when all exist."""
+  return [runs.run_output(level_name(level), name)
+          for level in range(config.lottery.levels + 1) for name in level_runs(config, level)]
+
+
 class _Search:
   """The stages of one search (host-side bookkeeping over a :class:`runs.Context`)."""
 
@@ -76,10 +102,9 @@ class _Search:
     self.rewind_step = config_fields.rewind_step(config, len(self.ctx.train_split.labels))
     self.seeds = [int(s) for s in config.tickets.seeds]
     self.keys = {s: runs.seed_keys(s) for s in self.seeds}
-    self.branch_levels = config_fields.branch_levels(config.lottery)
 
   def level_dir(self, level: int) -> str:
-    return os.path.join(self.workdir, f"level_{level:02d}")
+    return os.path.join(self.workdir, level_name(level))
 
   def run_dir(self, level: int, branch: str, seed: int) -> str:
     return os.path.join(self.level_dir(level), f"{branch}_seed{seed}")
@@ -104,7 +129,7 @@ class _Search:
   # ----------------------------------------------------------------------------- level 0
   def dense_level(self) -> list[dict]:
     """Each seed trained densely from θ₀, saving θ₀ and θ_k (the rewind point)."""
-    return self._stage(0, [f"dense_seed{s}" for s in self.seeds], self._dense_tickets)
+    return self._stage(0, level_runs(self.config, 0), self._dense_tickets)
 
   def _dense_tickets(self, names: list[str]) -> list[groups.Ticket]:
     seeds = [int(n.rsplit("_seed", 1)[1]) for n in names]
@@ -131,20 +156,15 @@ class _Search:
     return [t._replace(state=self.ctx.load_state(p)) for t, p in zip(tickets, paths)]
 
   # -------------------------------------------------------------------------- level L >= 1
-  def branches_at(self, level: int) -> list[str]:
-    """The branches trained at ``level`` (``lottery.branch_levels`` may skip some baselines)."""
-    return [b for b in self.config.lottery.branches
-            if level in self.branch_levels.get(b, (level,))]
-
   def level(self, level: int) -> list[dict]:
-    names = [f"{b}_seed{s}" for s in self.seeds for b in self.branches_at(level)]
-    return self._stage(level, names, lambda todo: self._level_tickets(level, todo))
+    return self._stage(level, level_runs(self.config, level),
+                       lambda todo: self._level_tickets(level, todo))
 
   def _level_tickets(self, level: int, names: list[str]) -> list[groups.Ticket]:
     """The pending runs of one level: starting states and masks, deterministic."""
     tickets = []
     for seed in self.seeds:
-      mine = [b for b in self.branches_at(level) if f"{b}_seed{seed}" in names]
+      mine = [b for b in branches_at(self.config, level) if f"{b}_seed{seed}" in names]
       if not mine:
         continue
       inputs = self._level_inputs(level, seed)

@@ -53,6 +53,7 @@ from lth_jax import stability
 from lth_jax import transfer
 
 SCALES = ("smoke", "cpu", "gpu")
+JOB_TIME = "job_time.json"   # a job's wall-clock and CPU seconds, summed over its resumptions
 CLAIM_BRANCHES = ("ticket", "random_reinit", "random_pruning")
 INIT_BRANCHES = ("snip", "grasp", "synflow")
 EB_SPARSITIES = (0.3, 0.5, 0.6, 0.75)
@@ -398,7 +399,7 @@ def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job
         (shutil.copytree if os.path.isdir(there) else shutil.copyfile)(there, here)
     drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
                "early_bird": early_bird.run}
-    with _job_clock(os.path.join(path, "job_time.json")):
+    with _job_clock(os.path.join(path, JOB_TIME)):
       if job.binary == "stability":
         stability.run(job.config, path, os.path.join(workdir, job.source))
       else:

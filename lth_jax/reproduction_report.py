@@ -28,6 +28,7 @@ from lth_jax import families
 from lth_jax import lottery
 from lth_jax import report
 from lth_jax import reproduction
+from lth_jax import reproduction_status
 from lth_jax import runs
 
 
@@ -341,31 +342,6 @@ def claim7(workdir: str, results_dir: str) -> Section:
 SECTIONS = {1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: claim7}
 
 
-def progress(job: reproduction.Job, workdir: str) -> str:
-  """How far an unfinished job got: a search's levels that hold all its runs (a search grown
-  for more claims has levels to finish again), else whether it started."""
-  path = os.path.join(workdir, job.name)
-  if not os.path.isdir(path):
-    return "not started"
-  if job.binary != "find_tickets":
-    return "started"
-  config = runs.config_to_dict(job.config)
-  trains = reproduction.trained_levels(config["lottery"])
-  seeds = set(config["tickets"]["seeds"])
-
-  def finished(level: int) -> bool:   # done.json holds every run the job trains there
-    path_done = os.path.join(path, f"level_{level:02d}", "done.json")
-    want = {b for b, levels in trains.items() if level in levels} if level else {"dense"}
-    have = {(r["branch"], r["seed"]) for r in runs.read_json(path_done)} \
-        if os.path.exists(path_done) else set()
-    return {(b, s) for b in want for s in seeds} <= have
-
-  if not finished(0):
-    return "dense models training"
-  levels = job.config.lottery.levels
-  return f"{sum(finished(level) for level in range(1, levels + 1))} of {levels} levels done"
-
-
 def feature_spaces_used(workdir: str) -> str:
   """The page's sentence naming the feature space every job's FID/KID was measured in (each
   run directory's ``runs.FEATURE_SPACE_FILE``).
@@ -411,7 +387,8 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
     jobs = reproduction.jobs_for([c], scale)
     unfinished = [j for j in jobs if not reproduction.job_finished(j, workdir)]
     if unfinished:
-      listed = ", ".join(f"{j.name} ({progress(j, workdir)})" for j in unfinished)
+      listed = ", ".join(f"{j.name} ({reproduction_status.progress(j, workdir, jobs)})"
+                         for j in unfinished)
       section = section._replace(
           verdict=f"no verdict yet ({len(unfinished)} of {len(jobs)} jobs unfinished)",
           body=f"Unfinished: {listed}.\n\n" + (
@@ -421,7 +398,7 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
     sections.append(section)
   times, total = [], [0.0, 0.0]
   for job in reproduction.jobs_for(list(claims), scale):
-    path = os.path.join(workdir, job.name, "job_time.json")
+    path = os.path.join(workdir, job.name, reproduction.JOB_TIME)
     if os.path.exists(path):
       t = runs.read_json(path)
       times.append(f"| {job.name} | {t['wall_s'] / 3600:.2f} | {t['cpu_s'] / 3600:.2f} | "

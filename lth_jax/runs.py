@@ -55,6 +55,11 @@ PyTree = Any
 SEED_STREAMS = ("init", "run", "reinit", "random_pruning", "score")
 
 
+def run_output(stage_dir: str, name: str) -> str:
+  """The file that marks run ``name`` of the stage in ``stage_dir`` finished: its row."""
+  return os.path.join(stage_dir, name, "metrics.json")
+
+
 def seed_keys(seed: int) -> dict[str, jax.Array]:
   """The named keys of one seed: ``init`` (θ₀), ``run`` (data and noise of every step),
   ``reinit``, ``random_pruning`` and ``score`` (baselines), ``scratch`` (a second init)."""
@@ -378,18 +383,17 @@ class Context:
       row = {**ticket.tags, **columns(ticket, state), **metrics}
       if save_masks:
         masks_lib.save(os.path.join(directory, "masks.npz"), ticket.masks, overwrite=True)
-      write_json(os.path.join(directory, "metrics.json"), row)
+      write_json(run_output(stage_dir, ticket.name), row)
       self.writer.write_scalars(scalar_step(ticket, state), metrics, **ticket.tags)
       rows.append(row)
     meshes.barrier(f"runs-finished-{stage_dir}")
-    return [row if row is not None else
-            read_json(os.path.join(stage_dir, ticket.name, "metrics.json"))
+    return [row if row is not None else read_json(run_output(stage_dir, ticket.name))
             for ticket, row in zip(tickets, rows)]
 
   # ------------------------------------------------------------------------------- stage
   def pending(self, stage_dir: str, names: Sequence[str]) -> list[str]:
     """The names of ``names`` whose ``stage_dir/<name>/metrics.json`` does not exist yet."""
-    return [n for n in names if not os.path.exists(os.path.join(stage_dir, n, "metrics.json"))]
+    return [n for n in names if not os.path.exists(run_output(stage_dir, n))]
 
   def run_stage(self, stage_dir: str, names: Sequence[str],
                 make_tickets: Callable[[list[str]], list[groups.Ticket]], *, until_step: int,
@@ -434,7 +438,7 @@ class Context:
         self.evaluator.save_grid(family or self.family, states[0], grid)
       if self.is_main:   # every run's outputs are written: the group never resumes again
         shutil.rmtree(checkpoints, ignore_errors=True)
-    rows = [read_json(os.path.join(stage_dir, n, "metrics.json")) for n in names]
+    rows = [read_json(run_output(stage_dir, n)) for n in names]
     if done_file and self.is_main:
       write_json(done_file, rows)
     return rows

@@ -146,6 +146,18 @@ def recompute_batch_stats(family: steps_lib.Family, params: PyTree, batch_stats:
 
 
 # ------------------------------------------------------------------------------- the run
+def _copy_runs(config: ml_collections.ConfigDict) -> list[str]:
+  return [f"copy_seed{int(s)}" for s in config.tickets.seeds]
+
+
+def planned_outputs(config: ml_collections.ConfigDict) -> list[str]:
+  """Every copy's output file, relative to the workdir, level by level (0 to
+  ``lottery.levels``): the copies are trained when all exist (the interpolations, evaluations
+  only, follow each level's copies)."""
+  return [runs.run_output(lottery.level_name(level), name)
+          for level in range(config.lottery.levels + 1) for name in _copy_runs(config)]
+
+
 class _Stability:
   """The copies and interpolations of one finished search (bookkeeping over a Context)."""
 
@@ -164,13 +176,13 @@ class _Stability:
     """The search's finished levels, 0 first, up to ``lottery.levels``."""
     found = []
     while (len(found) <= self.config.lottery.levels and os.path.exists(
-        os.path.join(self.search, f"level_{len(found):02d}", "done.json"))):
+        os.path.join(self.search, lottery.level_name(len(found)), "done.json"))):
       found.append(len(found))
     return found
 
   def ticket_dir(self, level: int, seed: int) -> str:
     branch = "dense" if level == 0 else "ticket"
-    return os.path.join(self.search, f"level_{level:02d}", f"{branch}_seed{seed}")
+    return os.path.join(self.search, lottery.level_name(level), f"{branch}_seed{seed}")
 
   def masks(self, level: int, seed: int, params: PyTree) -> PyTree:
     return masks_lib.load(os.path.join(self.ticket_dir(level, seed), "masks.npz"),
@@ -191,13 +203,13 @@ class _Stability:
 
   def level(self, level: int) -> list[dict]:
     """Trains the level's missing copies, then evaluates the interpolations of every seed."""
-    level_dir = os.path.join(self.workdir, f"level_{level:02d}")
+    level_dir = os.path.join(self.workdir, lottery.level_name(level))
     done = os.path.join(level_dir, "done.json")
     if os.path.exists(done):
       return runs.read_json(done)
     ctx = self.ctx
     copies = ctx.run_stage(
-        level_dir, [f"copy_seed{s}" for s in self.seeds],
+        level_dir, _copy_runs(self.config),
         lambda todo: self.copy_tickets(level, todo), until_step=self.config.train.steps,
         columns=lambda t, s, timing: {"steps": int(s.step),
                                       "group_train_seconds": timing.seconds},

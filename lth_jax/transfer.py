@@ -357,7 +357,7 @@ def _transferred_level(ctx: runs.Context, spec: Spec, source: ml_collections.Con
     for name in names:
       seed = int(name.rsplit("_seed", 1)[1])
       source_ticket = masks_lib.load(
-          os.path.join(workdir, "source", f"level_{level:02d}", f"ticket_seed{seed}",
+          os.path.join(workdir, "source", lottery.level_name(level), f"ticket_seed{seed}",
                        "masks.npz"), like=source_dense)
       theta_k = ctx.load_state(theta_k_path("target", seed))
       m = map_masks(source_ticket, ctx.dense_masks(theta_k.params), spec.name_map)
@@ -374,13 +374,29 @@ def _transferred_level(ctx: runs.Context, spec: Spec, source: ml_collections.Con
     return {"sparsity": float(masks_lib.sparsity(ticket.masks)), "steps": int(state.step),
             "group_train_seconds": timing.seconds}
 
-  level_dir = os.path.join(ctx.workdir, f"level_{level:02d}")
+  level_dir = os.path.join(ctx.workdir, lottery.level_name(level))
   return ctx.run_stage(
-      level_dir, [f"{BRANCH}_seed{int(s)}" for s in config.tickets.seeds], make_tickets,
+      level_dir, _transferred_runs(config), make_tickets,
       until_step=config.train.steps, columns=columns,
       done_file=os.path.join(level_dir, "done.json"),
       grid=os.path.join(ctx.workdir, f"samples_level{level}.png"),
       label=f"level {level} {BRANCH}: ", scalar_step=lambda t, s: level)
+
+
+def _transferred_runs(config: ml_collections.ConfigDict) -> list[str]:
+  return [f"{BRANCH}_seed{int(s)}" for s in config.tickets.seeds]
+
+
+def planned_outputs(config: ml_collections.ConfigDict) -> list[str]:
+  """Every run's output file, relative to the workdir, in :func:`run`'s order: the source
+  search's (ticket branch), the target search's, then each level's transferred tickets."""
+  source = ml_collections.ConfigDict(config.to_dict())
+  source.lottery.branches = ("ticket",)
+  return ([os.path.join("source", p) for p in lottery.planned_outputs(source)]
+          + [os.path.join("target", p) for p in lottery.planned_outputs(config)]
+          + [runs.run_output(os.path.join(BRANCH, lottery.level_name(level)), name)
+             for level in range(1, config.lottery.levels + 1)
+             for name in _transferred_runs(config)])
 
 
 def _describe(spec: Spec, source: ml_collections.ConfigDict,

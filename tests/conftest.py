@@ -33,6 +33,16 @@ def checkpoint_saved(checkpoints: pathlib.Path) -> bool:
       for name in os.listdir(group))
 
 
+def run_outputs(workdir) -> set[str]:
+  """Every run's output file under ``workdir``, relative to it: the ``metrics.json`` of each
+  trained run and an early-bird search's ``search.json`` (what ``planned_outputs`` lists)."""
+  found = set()
+  for directory, _, files in os.walk(workdir):
+    found |= {os.path.relpath(os.path.join(directory, f), workdir) for f in files
+              if f in ("metrics.json", "search.json")}
+  return found
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[pathlib.Path], None]
                ) -> pathlib.Path:
   """``<run's base temp>/<name>/``, filled by ``build(directory)`` once per test run.

@@ -8,13 +8,14 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from lth_jax import channels, configs, early_bird, masks, meshes, parallel, report, steps
 from lth_jax import config_fields, validation
 from lth_jax import early_bird_detection as detection
-from tests.conftest import needs_fmnist
+from tests.conftest import needs_fmnist, run_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPT = dict(lr=1e-3, b1=0.5, b2=0.999)
@@ -490,6 +491,8 @@ def test_binary_smoke_run_writes_reports(tmp_path):
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"})
   assert out.returncode == 0, out.stderr[-3000:]
+  ran = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  assert run_outputs(workdir) == set(early_bird.planned_outputs(ran))
   for name in ("config.json", "results.csv", "summary.md", "samples_dense.png",
                "samples_ticket.png", "search_seed0/mask.npz", "search_seed0/search.json"):
     assert (workdir / name).exists(), name

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lth_jax import branches, config_fields, configs, lottery, masks, pruning, steps, validation
-from tests.conftest import checkpoint_saved, needs_fmnist
+from tests.conftest import checkpoint_saved, needs_fmnist, run_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_THREEFRY_PARTITIONABLE": "0"}
@@ -29,6 +29,7 @@ def test_dcgan_search_levels_and_baselines(tmp_path):
   config.lottery.branch_levels = "snip,grasp,synflow=2"   # pruned at init: level 2 only
   workdir = str(tmp_path / "dcgan")
   rows = lottery.run(config, workdir)
+  assert run_outputs(workdir) == set(lottery.planned_outputs(config))
   dense = masks.load(os.path.join(workdir, "level_00", "dense_seed0", "masks.npz"))
   sizes = {r.path: r.total for r in masks.summary(dense)}
   assert "generator/convt0/kernel" not in sizes and "discriminator/head/kernel" not in sizes

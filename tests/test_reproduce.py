@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from lth_jax import config_fields, families, preemption, reproduction, reproduction_report, runs
-from lth_jax import validation
+from lth_jax import reproduction_status, validation
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,13 +109,17 @@ def test_smoke_run_end_to_end_and_a_second_run_trains_nothing(tmp_path):
   assert after == before                  # no job started: nothing in the runs changed
   assert (results / "README.md").read_text() == page
   assert "| **no verdict yet" not in page
+  status = subprocess.run(cmd + ["--status"], capture_output=True, text=True, timeout=300)
+  assert status.returncode == 0, status.stderr[-3000:]
+  planned = len(reproduction_status.planned_outputs(reproduction.jobs_for([1], "smoke")[0]))
+  assert f"| search_ae | finished | {planned}/{planned} | - |" in status.stdout
   # An unfinished job (here: its done marker gone) leaves its claim without a verdict, its
   # tables still shown.
   (workdir / "search_ae" / "job_done.json").unlink()
   partial = reproduction_report.write(str(workdir), str(tmp_path / "partial"), [1], "smoke", "")
   assert "| 1. Winning tickets by IMP with late resetting | **no verdict yet (1 of 1 jobs " \
          "unfinished)** |" in partial
-  assert "Unfinished: search_ae (1 of 1 levels done)." in partial
+  assert f"Unfinished: search_ae ({planned} of {planned} runs done)." in partial
   assert "Highest winning sparsity" in partial
 
 
@@ -263,22 +267,70 @@ def test_claim1_repeats_its_table_in_kid_for_families_that_have_it():
   assert reproduction_report._kid_check(no_kid) == ""   # pylint: disable=protected-access
 
 
-def test_progress_of_unfinished_jobs(tmp_path):
-  jobs = {j.name: j for j in reproduction.jobs_for([1, 5], "cpu")}
-  search, transfer = jobs["search_vae"], jobs["transfer_vae_to_gan"]
-  assert reproduction_report.progress(search, str(tmp_path)) == "not started"
-  (tmp_path / "search_vae" / "level_00").mkdir(parents=True)
-  assert reproduction_report.progress(search, str(tmp_path)) == "dense models training"
-  seeds = search.config.tickets.seeds
-  for level, branches in ((0, ["dense"]), (1, reproduction.CLAIM_BRANCHES),
-                          (2, reproduction.CLAIM_BRANCHES), (3, ["ticket"])):
-    (tmp_path / "search_vae" / f"level_{level:02d}").mkdir(exist_ok=True)
-    runs.write_json(str(tmp_path / "search_vae" / f"level_{level:02d}" / "done.json"),
-                    [{"branch": b, "seed": s} for b in branches for s in seeds])
-  # Level 3 lacks the random tickets: not done.
-  assert reproduction_report.progress(search, str(tmp_path)) == "2 of 6 levels done"
-  (tmp_path / "transfer_vae_to_gan").mkdir()
-  assert reproduction_report.progress(transfer, str(tmp_path)) == "started"
+def _touch(path, text="{}"):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+
+
+def test_status_counts_runs_in_flight_copies_and_estimates_what_is_left(tmp_path):
+  jobs = reproduction.jobs_for([1, 6, 7], "cpu")
+  by_name = {j.name: j for j in jobs}
+  search, stable = by_name["search_vae"], by_name["stability_vae"]
+  first, second = by_name["early_bird_vae_0.3"], by_name["early_bird_vae_0.5"]
+  seeds = [int(s) for s in search.config.tickets.seeds]
+  levels = search.config.lottery.levels
+  assert reproduction_status.planned_outputs(search)[:len(seeds) + 1] == [
+      f"level_00/dense_seed{s}/metrics.json" for s in seeds] + [
+          "level_01/ticket_seed0/metrics.json"]
+  assert len(reproduction_status.planned_outputs(search)) == len(seeds) * (1 + 3 * levels)
+  assert len(reproduction_status.planned_outputs(stable)) == len(seeds) * (1 + levels)
+  now = time.time()
+  found = {s.name: s for s in reproduction_status.statuses(jobs, str(tmp_path), now)}
+  assert found["search_vae"].state == "not started" and found["search_vae"].done == 0
+  assert found["stability_vae"].state == "waiting for search_vae"
+  assert found[second.name].state == f"waiting for {first.name}"
+  # The search: level 0 done, level 1's group in flight at half its steps.
+  root = tmp_path / "search_vae"
+  for s in seeds:
+    _touch(root / "level_00" / f"dense_seed{s}" / "metrics.json")
+  steps = search.config.train.steps
+  (root / "level_01" / "checkpoints" / "abc123" / str(steps // 2)).mkdir(parents=True)
+  _touch(root / reproduction.JOB_TIME, '{"wall_s": 7200.0, "cpu_s": 3600.0, "devices": []}')
+  status = reproduction_status.job_status(search, str(tmp_path), by_name, set(), now)
+  assert status.state == "running" and status.done == len(seeds)
+  assert status.in_flight == f"level_01 at step {steps // 2}"
+  assert status.trained == pytest.approx(len(seeds) + 3 * len(seeds) * 0.5)
+  later = now + reproduction_status.ACTIVE_S + 1
+  assert reproduction_status.job_status(search, str(tmp_path), by_name, set(), later).state \
+      == "stopped"
+  left = reproduction_status.cpu_left(reproduction_status.statuses(jobs, str(tmp_path), now))
+  per_run = 3600.0 / status.trained
+  assert left["search_vae"] == pytest.approx((status.planned - status.trained) * per_run)
+  assert left["stability_vae"] == pytest.approx(status.planned / (1 + 3 * levels)
+                                                * (1 + levels) * per_run)
+  assert left["search_dcgan"] is None                    # no DCGAN run has trained yet
+  # Early-bird: the later sparsities copy the first's dense runs, so they train fewer.
+  planned = reproduction_status.planned_outputs(second)
+  assert reproduction_status.copied(second, by_name) == {
+      p for p in planned if p.startswith("dense_seed")} != set()
+  assert reproduction_status.copied(first, by_name) == set()
+  assert "job" in reproduction_status.table(jobs, str(tmp_path), now).splitlines()[0]
+  assert reproduction_status.progress(search, str(tmp_path), jobs) == \
+      f"{len(seeds)} of {status.planned} runs done, level_01 at step {steps // 2}"
+  assert reproduction_status.progress(stable, str(tmp_path), jobs) == "not started"
+
+
+def test_the_second_transfer_direction_trains_only_what_it_does_not_copy():
+  jobs = reproduction.jobs_for([5], "cpu")
+  first, second = jobs
+  by_name = {j.name: j for j in jobs}
+  seeds, levels = len(first.config.tickets.seeds), first.config.lottery.levels
+  copies = reproduction_status.copied(second, by_name)
+  # Its source search (ticket branch) is the first's target search; its target search's dense
+  # and ticket runs are the first's source search: only the random tickets and the transferred
+  # ones are its own.
+  assert len(copies) == 2 * seeds * (1 + levels)
+  assert len(reproduction_status.planned_outputs(second)) - len(copies) == 3 * seeds * levels
 
 
 def test_a_grown_search_covers_the_smaller_configs_it_finished():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lth_jax import configs, evaluation, lottery, masks, report, runs, stability
-from tests.conftest import built_once, needs_fmnist
+from tests.conftest import built_once, needs_fmnist, run_outputs
 
 METRIC = "recon_mse"
 
@@ -34,6 +34,7 @@ def done(tmp_path_factory):
     runs.write_json(str(root / "rows.json"), rows)
 
   root = built_once(tmp_path_factory, "stability", build)
+  assert run_outputs(root / "stability") == set(stability.planned_outputs(small_config()))
   ctx = runs.Context(small_config(), str(tmp_path_factory.mktemp("check")))
   return types.SimpleNamespace(search=str(root / "search"), work=str(root / "stability"),
                                rows=runs.read_json(str(root / "rows.json")), ctx=ctx)

@@ -10,7 +10,7 @@ import pytest
 
 from lth_jax import configs, families, masks, steps, transfer
 from lth_jax.models import resnet
-from tests.conftest import needs_fmnist
+from tests.conftest import needs_fmnist, run_outputs
 
 GAN, VAE = "resnet_dcgan", "resnet_vae"
 OPT = {"lr": 1e-3, "b1": 0.5, "b2": 0.999}
@@ -127,6 +127,7 @@ def test_tiny_transfer_run_searches_both_families(tmp_path):
   config.lottery.update(levels=1, branches=("ticket",))
   config.eval.update(num_samples=32, num_test=32, grid_size=4)
   rows = transfer.run(config, str(tmp_path))
+  assert run_outputs(tmp_path) == set(transfer.planned_outputs(config))
   by_branch = {(r["level"], r["branch"]): r for r in rows}
   assert set(by_branch) == {(0, "dense"), (1, "ticket"), (1, "transferred")}
   assert by_branch[(1, "transferred")]["sparsity"] == pytest.approx(
