@@ -2,8 +2,8 @@
 
 A mask tree has exactly the structure of the params it belongs to (flax.linen ``params`` dicts,
 flax.nnx ``State``, plain nested dicts/lists). Each prunable leaf is a ``bool`` array of the leaf's
-shape (True = kept); every other leaf is ``None``. Masks are ordinary traced arrays inside ``jax.jit``,
-so a new pruning round with a new mask reuses the compiled step.
+shape (True = kept); every other leaf is ``None``. Masks are ordinary traced arrays inside
+``jax.jit``, so a new pruning round with a new mask reuses the compiled step.
 
 Example::
 
@@ -86,7 +86,8 @@ def leaves_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
 
 
 def check_compatible(params: PyTree, masks: PyTree) -> None:
-  """Raises :class:`MaskMismatchError` naming the first path where ``masks`` does not fit ``params``."""
+  """Raises :class:`MaskMismatchError` naming the first path where ``masks`` does not fit
+  ``params``."""
   p_flat = leaves_with_paths(params)
   m_flat = leaves_with_paths(masks)
   for (pp, pv), (mp, mv) in zip(p_flat, m_flat):
@@ -120,7 +121,8 @@ def apply(params: PyTree, masks: PyTree) -> PyTree:
 
 
 def counts(masks: PyTree) -> tuple[jax.Array, int]:
-  """``(kept, total)`` prunable entries; ``kept`` is a traced int32 scalar, ``total`` a Python int."""
+  """``(kept, total)`` prunable entries; ``kept`` is a traced int32 scalar, ``total`` a Python
+  int."""
   leaves = [m for m in jax.tree.leaves(masks) if m is not None]
   total = int(sum(m.size for m in leaves))
   kept = sum((jnp.sum(m, dtype=jnp.int32) for m in leaves), jnp.zeros((), jnp.int32))
@@ -195,7 +197,8 @@ def save(path: str | os.PathLike, masks: PyTree, *, overwrite: bool = False) -> 
   """
   path = os.fspath(path)
   if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"refusing to overwrite existing mask file {path!r} (pass overwrite=True)")
+    raise FileExistsError(f"refusing to overwrite existing mask file {path!r} "
+                          "(pass overwrite=True)")
   flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
   manifest, arrays = [], {}
   for i, (p, m) in enumerate(flat):

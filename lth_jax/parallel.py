@@ -31,8 +31,9 @@ Collectives: with ``data`` of size 1 the program has none, and so does everythin
 Per-ticket results leave a multi-device mesh as host NumPy trees (``jax.device_get`` copies each
 device's block): slicing ticket i out of a ticket-sharded device array would compile to an
 all-reduce over every device, which XLA's CPU client can deadlock (see
-:func:`lth_jax.meshes.cpu_collective_deadlock_risk`). A ``data`` axis > 1 needs all-reduces inside the step;
-where XLA's CPU thread pool is too small for them, :class:`TicketRunner` refuses to start.
+:func:`lth_jax.meshes.cpu_collective_deadlock_risk`). A ``data`` axis > 1 needs all-reduces
+inside the step; where XLA's CPU thread pool is too small for them, :class:`TicketRunner`
+refuses to start.
 
 The ``data`` axis splits each ticket's batch over ``data_parallel`` devices: the batch drawn by
 ``data.sample_batch`` is constrained to the ambient mesh's ``data`` axis (``data.shard_batch``)
@@ -125,7 +126,8 @@ class TicketRunner:
   Raises:
     ValueError: the mesh's axes are not ``('ticket', 'data')``, the family's batch size is
       not divisible by the ``data`` axis size, or XLA's CPU client could deadlock the mesh's
-      collectives (:func:`lth_jax.meshes.cpu_collective_deadlock_risk`; the message says how to start Python).
+      collectives (:func:`lth_jax.meshes.cpu_collective_deadlock_risk`; the message says how to
+      start Python).
   """
 
   def __init__(self, family: steps_lib.Family, *, mesh: jax.sharding.Mesh,
@@ -195,7 +197,8 @@ class TicketRunner:
     """Jitted ``(states, masks, images, key_data) -> (states, metrics)`` over stacked tickets.
 
     With ``data`` of size 1 the program has no collective at all: tickets are independent (and
-    clear of XLA CPU's collective deadlock, see :func:`lth_jax.meshes.cpu_collective_deadlock_risk`).
+    clear of XLA CPU's collective deadlock, see
+    :func:`lth_jax.meshes.cpu_collective_deadlock_risk`).
     """
     key = (n, block, str(impl), execution)
     if key in self._fns:

@@ -23,7 +23,8 @@ def fmnist_available() -> bool:
 
 
 needs_fmnist = pytest.mark.skipif(
-    not fmnist_available(), reason="real Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+    not fmnist_available(),
+    reason="real Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
 
 
 def checkpoint_saved(checkpoints: pathlib.Path) -> bool:

@@ -197,7 +197,8 @@ def messages() -> dict[str, list]:
   counted where it is raised.
   """
   found = {}
-  for path in sorted(list((ROOT / "lth_jax").rglob("*.py")) + list((ROOT / "experiments").rglob("*.py"))):
+  for path in sorted(list((ROOT / "lth_jax").rglob("*.py"))
+                     + list((ROOT / "experiments").rglob("*.py"))):
     module = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node, function in _functions(module):
       if not (isinstance(node, ast.Call) and node.args and _MESSAGE_CALLS.match(

@@ -124,7 +124,8 @@ def test_jit_and_traced_rate():
     np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("kwargs,msg", [(dict(rate=1.5), "rate"), (dict(rate=0.2, scope="row"), "scope")])
+@pytest.mark.parametrize("kwargs,msg", [(dict(rate=1.5), "rate"),
+                                        (dict(rate=0.2, scope="row"), "scope")])
 def test_bad_arguments(kwargs, msg):
   params = params_tree()
   with pytest.raises(ValueError, match=msg):
