@@ -8,7 +8,7 @@
   ``ipywidgets``: Colab has it, ``pip install -e '.[notebook]'`` installs it);
 * ``'log'``: plain absl log lines at most once a minute,
   ``level 3: ticket, random_reinit: step 2250/5000 (45.0%), 36.1 steps/s, elapsed 0:01:02, ETA
-  0:01:16`` (:class:`lth_jax.report.ProgressLogger`), when stderr is not a terminal (CI, a file,
+  0:01:16`` (:class:`ProgressLogger`), when stderr is not a terminal (CI, a file,
   a pipe), in a notebook without ``ipywidgets``, and on every process but 0 of a multi-process
   run (only process 0 draws a bar).
 
@@ -22,15 +22,17 @@ so the bar says which of a search's many groups is running. Example::
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import importlib.util
 import sys
+import time
+from collections.abc import Callable
 from typing import TextIO
 
 import jax
+from absl import logging
 from tqdm import std as tqdm_std
-
-from lth_jax import report
 
 # The bar's text: steps/s never inverted to s/step, so slow and fast runs read alike.
 BAR_FORMAT = ("{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
@@ -58,6 +60,54 @@ def choose(stream: TextIO | None = None) -> str:
   return "terminal" if isatty is not None and isatty() else "log"
 
 
+def _duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class ProgressLogger:
+  """Logs ``step n/total (p%), r steps/s, ETA h:mm:ss`` at most every ``every_seconds``.
+
+  The rate is measured since the previous line (the first interval includes compilation), so the
+  ETA follows the current speed. The last step is always logged.
+
+  Args:
+    total_steps: number of steps this logger counts to.
+    every_seconds: minimum wall-clock seconds between two lines.
+    prefix: text put before each line (e.g. ``'level 3 ticket: '``).
+    clock: seconds counter (``time.monotonic``; injectable for tests).
+  """
+
+  def __init__(self, total_steps: int, *, every_seconds: float = 60.0, prefix: str = "",
+               clock: Callable[[], float] = time.monotonic):
+    if total_steps < 0:
+      raise ValueError(f"total_steps must be >= 0, got {total_steps}.")
+    self.total_steps = int(total_steps)
+    self.step = 0
+    self._every = float(every_seconds)
+    self._prefix = prefix
+    self._clock = clock
+    self._start = clock()
+    self._last_step, self._last_time = 0, self._start
+
+  def update(self, num_steps: int = 1) -> str | None:
+    """Counts ``num_steps`` more steps; returns the logged line, or None if none was due."""
+    self.step += int(num_steps)
+    now = self._clock()
+    finished = self.step >= self.total_steps
+    if now - self._last_time < self._every and not finished:
+      return None
+    if self.step == self._last_step:
+      return None
+    rate = (self.step - self._last_step) / max(now - self._last_time, 1e-9)
+    eta = max(self.total_steps - self.step, 0) / rate
+    percent = 100.0 * self.step / max(self.total_steps, 1)
+    line = (f"{self._prefix}step {self.step}/{self.total_steps} ({percent:.1f}%), "
+            f"{rate:.3g} steps/s, elapsed {_duration(now - self._start)}, ETA {_duration(eta)}")
+    logging.info(line)
+    self._last_step, self._last_time = self.step, now
+    return line
+
+
 class Progress:
   """The progress of one stage from ``first_step`` to ``until_step``; a context manager.
 
@@ -76,8 +126,8 @@ class Progress:
     self._first = int(first_step)
     self._bar = self._log = None
     if self.mode == "log":
-      self._log = report.ProgressLogger(max(int(until_step) - self._first, 0),
-                                        prefix=f"{label}: " if label else "")
+      self._log = ProgressLogger(max(int(until_step) - self._first, 0),
+                                 prefix=f"{label}: " if label else "")
     else:
       # tqdm's notebook module imports IPython: only where a notebook bar is drawn.
       bar = (importlib.import_module("tqdm.notebook").tqdm if self.mode == "notebook"

@@ -1,4 +1,4 @@
-"""Run reports: metric writers, progress lines, sample grids, CSV/markdown tables, sparsity plots.
+"""Run reports: metric writers, sample grids, CSV/markdown tables, sparsity plots.
 
 Host-side only (NumPy, Pillow, matplotlib, tensorboardX); nothing here runs on a device. Only the
 main process should write: pass ``enabled=jax.process_index() == 0`` to :class:`MetricWriter`.
@@ -19,18 +19,15 @@ Example::
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 import math
 import os
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorboardX
-from absl import logging
 from PIL import Image
 
 Row = Mapping[str, Any]
@@ -138,54 +135,6 @@ class MetricWriter:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
-
-
-def _duration(seconds: float) -> str:
-  return str(datetime.timedelta(seconds=round(seconds)))
-
-
-class ProgressLogger:
-  """Logs ``step n/total (p%), r steps/s, ETA h:mm:ss`` at most every ``every_seconds``.
-
-  The rate is measured since the previous line (the first interval includes compilation), so the
-  ETA follows the current speed. The last step is always logged.
-
-  Args:
-    total_steps: number of steps this logger counts to.
-    every_seconds: minimum wall-clock seconds between two lines.
-    prefix: text put before each line (e.g. ``'level 3 ticket: '``).
-    clock: seconds counter (``time.monotonic``; injectable for tests).
-  """
-
-  def __init__(self, total_steps: int, *, every_seconds: float = 60.0, prefix: str = "",
-               clock: Callable[[], float] = time.monotonic):
-    if total_steps < 0:
-      raise ValueError(f"total_steps must be >= 0, got {total_steps}.")
-    self.total_steps = int(total_steps)
-    self.step = 0
-    self._every = float(every_seconds)
-    self._prefix = prefix
-    self._clock = clock
-    self._start = clock()
-    self._last_step, self._last_time = 0, self._start
-
-  def update(self, num_steps: int = 1) -> str | None:
-    """Counts ``num_steps`` more steps; returns the logged line, or None if none was due."""
-    self.step += int(num_steps)
-    now = self._clock()
-    finished = self.step >= self.total_steps
-    if now - self._last_time < self._every and not finished:
-      return None
-    if self.step == self._last_step:
-      return None
-    rate = (self.step - self._last_step) / max(now - self._last_time, 1e-9)
-    eta = max(self.total_steps - self.step, 0) / rate
-    percent = 100.0 * self.step / max(self.total_steps, 1)
-    line = (f"{self._prefix}step {self.step}/{self.total_steps} ({percent:.1f}%), "
-            f"{rate:.3g} steps/s, elapsed {_duration(now - self._start)}, ETA {_duration(eta)}")
-    logging.info(line)
-    self._last_step, self._last_time = self.step, now
-    return line
 
 
 def save_image_grid(images, path: str | os.PathLike, *, nrow: int | None = None,

@@ -72,3 +72,19 @@ def test_notebook_bar_needs_ipywidgets(monkeypatch):
 def test_label_names_what_a_group_trains(tags, expected):
   tickets = [groups.Ticket(f"name{i}", None, None, None, t) for i, t in enumerate(tags)]
   assert runs._trained(tickets) == expected   # pylint: disable=protected-access
+
+
+def test_progress_logger_rate_and_eta():
+  now = [0.0]
+  logger = progress.ProgressLogger(100, every_seconds=10.0, prefix="level 2: ",
+                                   clock=lambda: now[0])
+  now[0] = 5.0
+  assert logger.update(10) is None  # less than every_seconds since the start
+  now[0] = 10.0
+  line = logger.update(10)
+  assert line.startswith("level 2: step 20/100 (20.0%), 2 steps/s") and line.endswith("ETA 0:00:40")
+  now[0] = 12.0
+  assert logger.update(40) is None
+  now[0] = 20.0
+  line = logger.update(40)  # the last step is always logged
+  assert "step 100/100" in line and "8 steps/s" in line and "elapsed 0:00:20, ETA 0:00:00" in line

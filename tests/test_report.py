@@ -63,22 +63,6 @@ def test_metric_writer_disabled_writes_nothing(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_progress_logger_rate_and_eta():
-  now = [0.0]
-  progress = report.ProgressLogger(100, every_seconds=10.0, prefix="level 2: ",
-                                   clock=lambda: now[0])
-  now[0] = 5.0
-  assert progress.update(10) is None  # less than every_seconds since the start
-  now[0] = 10.0
-  line = progress.update(10)
-  assert line.startswith("level 2: step 20/100 (20.0%), 2 steps/s") and line.endswith("ETA 0:00:40")
-  now[0] = 12.0
-  assert progress.update(40) is None
-  now[0] = 20.0
-  line = progress.update(40)  # the last step is always logged
-  assert "step 100/100" in line and "8 steps/s" in line and "elapsed 0:00:20, ETA 0:00:00" in line
-
-
 @pytest.mark.parametrize("channels,mode", [(1, "L"), (3, "RGB")])
 def test_save_image_grid_dims_and_values(tmp_path, channels, mode):
   images = np.linspace(-1.0, 1.0, 7 * 4 * 5 * channels, dtype=np.float32).reshape(7, 4, 5, channels)
