@@ -150,6 +150,33 @@ def test_kid_subsets_deterministic_and_sensitive():
   assert same[1] > 0
 
 
+def test_kid_subsets_and_the_kept_real_sums_give_the_plain_estimate():
+  """Several subsets (x then y drawn per subset from ``default_rng(seed)``), against the plain
+  formula; a second call reuses the first set's kept sums, another first set of the same shape
+  does not."""
+  rng = np.random.default_rng(8)
+  real, other = rng.standard_normal((60, 6)), rng.standard_normal((60, 6)) + 0.3
+  fake = rng.standard_normal((50, 6)) * 1.2
+
+  def plain(a, b, subsets=7, size=20, seed=11):
+    draws = np.random.default_rng(seed)
+    k = lambda u, v: (u @ v.T / u.shape[1] + 1.0) ** 3  # noqa: E731
+    values = []
+    for _ in range(subsets):
+      x = a[draws.choice(len(a), size, replace=False)]
+      y = b[draws.choice(len(b), size, replace=False)]
+      off = lambda kk: kk.sum() - np.trace(kk)  # noqa: E731
+      values.append((off(k(x, x)) + off(k(y, y))) / (size * (size - 1))
+                    - 2 * k(x, y).sum() / size ** 2)
+    return np.mean(values), np.std(values)
+
+  for first in (real, real, other):
+    got = metrics.kid(first, fake, num_subsets=7, subset_size=20, seed=11)
+    np.testing.assert_allclose(got, plain(first, fake), rtol=1e-12)
+  assert metrics.kid(real, fake, num_subsets=7, subset_size=20, seed=11) != metrics.kid(
+      other, fake, num_subsets=7, subset_size=20, seed=11)
+
+
 def test_kid_rejects_subset_larger_than_data():
   with pytest.raises(ValueError, match="subset_size=50"):
     metrics.kid(np.zeros((40, 3)), np.zeros((100, 3)), subset_size=50)
