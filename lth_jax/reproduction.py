@@ -348,6 +348,7 @@ def _job_clock(path: str, every_s: float = 60.0):
     while not stop.wait(every_s):
       write()
 
+  write()   # at once: the file's time says the job runs (reproduction_status)
   thread = threading.Thread(target=loop, name="job-clock", daemon=True)
   thread.start()
   try:

@@ -143,11 +143,12 @@ def test_the_page_names_the_feature_space_and_refuses_jobs_of_two(tmp_path):
 def test_job_clock_writes_while_running_and_accumulates(tmp_path):
   path = str(tmp_path / "job" / "job_time.json")
   with reproduction._job_clock(path, every_s=0.02):   # pylint: disable=protected-access
+    first = runs.read_json(path)                        # written at once: the job runs
     deadline = time.time() + 10
-    while not os.path.exists(path) and time.time() < deadline:   # written before the end
+    while runs.read_json(path) == first and time.time() < deadline:   # and while it runs
       sum(range(10_000))
-    first = runs.read_json(path)
-  assert first["wall_s"] > 0
+    second = runs.read_json(path)
+  assert second["wall_s"] > first["wall_s"]
   end = runs.read_json(path)
   with reproduction._job_clock(path, every_s=60):     # pylint: disable=protected-access
     time.sleep(0.05)
