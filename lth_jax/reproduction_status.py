@@ -12,8 +12,8 @@ files the drivers write.
   ``job_time.json``, which a running job rewrites every minute, changed in the last
   :data:`ACTIVE_S` seconds), ``stopped`` (started, not running), ``waiting for <job>``, or
   ``not started``. A paused (SIGSTOP) worker's job reads ``stopped`` after ``ACTIVE_S``.
-* **In flight**: the newest in-stage checkpoint's stage and step; the stage's unfinished runs
-  count as trained in the fraction ``step / train.steps``.
+* **In flight**: the newest in-stage checkpoint's stage and step; its group's runs count as
+  trained in the fraction ``step / until_step`` (the group's record, ``checkpoints/<group>.json``).
 * **CPU hours left** (an estimate): the runs the job has left to train itself (not those its
   ``reuse`` pairs copy) times the CPU seconds per trained run of the workdir's jobs of the same
   family and step count (their ``job_time.json`` CPU time, evaluations included, over their
@@ -60,18 +60,33 @@ def planned_outputs(job: reproduction.Job) -> list[str]:
   return planned[job.binary](job.config)
 
 
-def _newest_checkpoint(job_dir: str) -> tuple[str, int] | None:
-  """The stage (relative to ``job_dir``) and step of the newest in-stage checkpoint. Stages sit
-  in the job's directory or up to two levels below (``level_LL``, ``target/level_LL``), their
-  checkpoints in ``checkpoints*/<group>/<step>``."""
-  steps = [path for depth in range(3)
-           for path in glob.glob(os.path.join(job_dir, *["*"] * depth, "checkpoints*", "*", "*"))
-           if os.path.basename(path).isdigit()]
-  if not steps:
-    return None
-  newest = max(steps, key=os.path.getmtime)
-  stage = os.path.dirname(os.path.dirname(os.path.dirname(newest)))
-  return os.path.relpath(stage, job_dir), int(os.path.basename(newest))
+def _group_in_flight(job_dir: str, pending: Sequence[str], steps: int) -> tuple[str, float]:
+  """The newest in-stage checkpoint of a group with runs left in ``pending`` (planned outputs
+  not written yet): ``('<stage> at step N', its runs' trained fraction summed)``, or
+  ``('', 0.0)``. Stages sit in the job's directory or up to two levels below (``level_LL``,
+  ``target/level_LL``), a group's checkpoints in ``checkpoints*/<group>/<step>`` and its runs
+  and target step in ``checkpoints/<group>.json`` (:meth:`runs.Context.run_stage`); without
+  that file (a lottery search's rewind stage) the group is the stage's pending runs and its
+  target ``steps``."""
+  found = []
+  for depth in range(3):
+    for step_dir in glob.glob(os.path.join(job_dir, *["*"] * depth, "checkpoints*", "*", "*")):
+      if not os.path.basename(step_dir).isdigit():
+        continue
+      group = os.path.dirname(step_dir)
+      stage = os.path.relpath(os.path.dirname(os.path.dirname(group)), job_dir)
+      stage = "" if stage == "." else stage
+      record = runs.read_json(group + ".json") if os.path.exists(group + ".json") else None
+      left = [p for p in pending if os.path.dirname(os.path.dirname(p)) == stage
+              and (record is None or os.path.basename(os.path.dirname(p)) in record["runs"])]
+      if left:
+        until = record["until_step"] if record else steps
+        found.append((os.path.getmtime(step_dir), stage, int(os.path.basename(step_dir)),
+                      len(left) * min(1.0, int(os.path.basename(step_dir)) / until)))
+  if not found:
+    return "", 0.0
+  _, stage, step, trained = max(found)
+  return f"{stage + ' ' if stage else ''}at step {step}", trained
 
 
 def copied(job: reproduction.Job, jobs: dict[str, reproduction.Job]) -> set[str]:
@@ -110,14 +125,11 @@ def job_status(job: reproduction.Job, workdir: str, jobs: dict[str, reproduction
     state = "stopped"
   else:
     state = "not started"
-  trained, flight = float(len(done - copies)), ""
-  newest = _newest_checkpoint(path) if state in ("running", "stopped") else None
-  if newest:   # the stage's unfinished runs are the group in flight
-    stage, step = newest
-    flight = f"{'' if stage == '.' else stage + ' '}at step {step}"
-    group = [p for p in planned if p not in done and p not in copies
-             and os.path.dirname(os.path.dirname(p)) == ("" if stage == "." else stage)]
-    trained += len(group) * min(1.0, step / job.config.train.steps)
+  flight, in_flight = "", 0.0
+  if state in ("running", "stopped"):
+    pending = [p for p in planned if p not in done and p not in copies]
+    flight, in_flight = _group_in_flight(path, pending, job.config.train.steps)
+  trained = len(done - copies) + in_flight
   return JobStatus(job.name, state, len(done), len(planned), flight, cpu_s, trained,
                    len(planned) - len(copies), (job.config.family, job.config.train.steps))
 

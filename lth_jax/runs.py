@@ -405,7 +405,8 @@ class Context:
 
     Args:
       stage_dir: the stage's directory (tickets in ``<name>/``, checkpoints in
-        ``checkpoints/<group>/``).
+        ``checkpoints/<group>/``, the group's runs and target step in
+        ``checkpoints/<group>.json`` while it trains).
       names: every ticket of the stage; the finished ones are read back, not built.
       make_tickets: builds the pending tickets (same architecture, same starting step); not
         called when the group resumes from a checkpoint that holds it (:meth:`resume`).
@@ -425,6 +426,8 @@ class Context:
     todo = self.pending(stage_dir, names)
     if todo:
       checkpoints = os.path.join(stage_dir, "checkpoints", _group_id(todo))
+      if self.is_main and not os.path.exists(checkpoints + ".json"):   # what the group trains
+        write_json(checkpoints + ".json", {"runs": todo, "until_step": int(until_step)})
       tickets = self.resume(checkpoints, lambda: make_tickets(todo), family=family, label=label)
       states = self.train(tickets, until_step=until_step, checkpoint_dir=checkpoints,
                           family=family, key=key, label=label)
@@ -438,6 +441,8 @@ class Context:
         self.evaluator.save_grid(family or self.family, states[0], grid)
       if self.is_main:   # every run's outputs are written: the group never resumes again
         shutil.rmtree(checkpoints, ignore_errors=True)
+        if os.path.exists(checkpoints + ".json"):
+          os.remove(checkpoints + ".json")
     rows = [read_json(run_output(stage_dir, n)) for n in names]
     if done_file and self.is_main:
       write_json(done_file, rows)

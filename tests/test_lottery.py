@@ -8,6 +8,7 @@ import time
 
 import chex
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -153,9 +154,13 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (killed / "level_02" / "done.json").exists(), "the run finished before the kill"
+  config = ml_collections.ConfigDict(json.loads((killed / "config.json").read_text()))
+  records = [json.loads(p.read_text()) for p in target.glob("*.json")]   # what the group trains
+  assert records == [{"runs": lottery.level_runs(config, 1), "until_step": config.train.steps}]
   out = subprocess.run(_binary(killed, *KILL_OVERRIDES), capture_output=True, text=True,
                        timeout=600, env=ENV)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert not list(killed.glob("level_*/checkpoints/*.json"))   # gone with the finished groups
   for level, branch in [(0, "dense"), (1, "ticket"), (1, "random_pruning"), (2, "ticket")]:
     name = os.path.join(f"level_{level:02d}", f"{branch}_seed0")
     a = masks.load(reference / name / "masks.npz")

@@ -310,6 +310,20 @@ def test_status_counts_runs_in_flight_copies_and_estimates_what_is_left(tmp_path
   assert left["stability_vae"] == pytest.approx(status.planned / (1 + 3 * levels)
                                                 * (1 + levels) * per_run)
   assert left["search_dcgan"] is None                    # no DCGAN run has trained yet
+  # A finished stage's left-over checkpoint (newer) is not the group in flight.
+  (root / "level_00" / "checkpoints" / "old" / str(steps)).mkdir(parents=True)
+  again = reproduction_status.job_status(search, str(tmp_path), by_name, set(), now)
+  assert again.in_flight == status.in_flight and again.trained == status.trained
+  # An early-bird job trains its stages in its own directory: the group's record says which
+  # runs are in flight (the dense runs, not the searches, tickets and scratch runs after them).
+  eb_root = tmp_path / first.name
+  runs.write_json(str(eb_root / "checkpoints" / "def456.json"),
+                  {"runs": [f"dense_seed{s}" for s in seeds], "until_step": steps})
+  (eb_root / "checkpoints" / "def456" / str(steps // 4)).mkdir(parents=True)
+  _touch(eb_root / reproduction.JOB_TIME, '{"wall_s": 1.0, "cpu_s": 1.0, "devices": []}')
+  eb = reproduction_status.job_status(first, str(tmp_path), by_name, set(), now)
+  assert eb.in_flight == f"at step {steps // 4}"
+  assert eb.trained == pytest.approx(len(seeds) / 4) and eb.done == 0
   # Early-bird: the later sparsities copy the first's dense runs, so they train fewer.
   planned = reproduction_status.planned_outputs(second)
   assert reproduction_status.copied(second, by_name) == {
