@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 
 from lth_jax import experiment_main
+from lth_jax import job_queue
 from lth_jax import preemption
 from lth_jax import reproduction
 from lth_jax import reproduction_report
@@ -132,7 +133,7 @@ def main(argv) -> None:
     every = {job.name: job for job in jobs}
     jobs = [job for job in jobs if job.name in _JOBS.value]
     blocked = {job.name: job.source for job in jobs if job.source and job.source not in
-               _JOBS.value and not reproduction.job_finished(every[job.source], workdir)}
+               _JOBS.value and not job_queue.job_finished(every[job.source], workdir)}
     if blocked:
       experiment_main.fail(
           f"--jobs: {sorted(blocked)} need {sorted(set(blocked.values()))} finished first "
@@ -150,17 +151,17 @@ def main(argv) -> None:
   experiment_main.maybe_initialize_distributed()
   preemption.handle_signals(jax.process_count())
 
-  def announce(job: reproduction.Job) -> None:
+  def announce(job: job_queue.Job) -> None:
     print(f"== {job.name} ({job.binary})", flush=True)
 
   try:
-    failed = reproduction.run_jobs(
+    failed = job_queue.run_jobs(
         jobs, workdir, announce=announce, keep_going=experiment_main.USER_ERRORS,
         on_failure=lambda job, error: experiment_main.print_error(f"{job.name}: {error}"))
   except preemption.Preempted as stop:
     experiment_main.exit_preempted(stop)
   command = "python experiments/reproduce.py " + " ".join(without_workers(sys.argv[1:]))
-  with reproduction.file_lock(os.path.join(workdir, "report.lock"), wait=True):
+  with job_queue.file_lock(os.path.join(workdir, "report.lock"), wait=True):
     try:
       page = reproduction_report.write(workdir, results, claims, scale, command)
     except ValueError as e:   # jobs measured in different feature spaces

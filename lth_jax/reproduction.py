@@ -1,17 +1,13 @@
 """The paper's claims as one resumable run: which searches to train, at which scale.
 
-Each claim (:data:`CLAIMS`) names the jobs it needs; a job is one run of a driver
-(``find_tickets`` = :func:`lth_jax.lottery.run`, ``transfer``, ``early_bird``, ``stability``)
-in its own workdir ``<workdir>/<job name>``. Claims share jobs: claim 1's search of a family is
-extended with SNIP/GraSP/SynFlow by claim 2 and with the one-shot branch by claim 4 (a search's
-``lottery.branches`` may grow; the union over the requested claims is run). Every driver
-resumes and skips finished stages; a job whose ``job_done.json`` matches its config is not
-started at all, so a second run of the same command trains nothing.
-
-Several processes may run the same command on one workdir (one per CPU core: ``reproduce.py
---workers``): each job is locked by the process that runs it (``job.lock``, a ``filelock``
-lock, an ``flock`` on POSIX that the kernel drops when its process dies), the others take the
-next job, and a ``stability`` job waits for the search it reads. Jobs run in
+Each claim (:data:`CLAIMS`) names the jobs it needs (:class:`lth_jax.job_queue.Job`: one run
+of a driver, ``find_tickets`` = :func:`lth_jax.lottery.run`, ``transfer``, ``early_bird``,
+``stability``, in its own workdir ``<workdir>/<job name>``). Claims share jobs: claim 1's search
+of a family is extended with SNIP/GraSP/SynFlow by claim 2 and with the one-shot branch by
+claim 4 (a search's ``lottery.branches`` may grow; the union over the requested claims is run).
+Every driver resumes and skips finished stages; a finished job is not started at all, so a
+second run of the same command trains nothing. :func:`lth_jax.job_queue.run_jobs` runs them,
+beside other processes on the same workdir (``reproduce.py --workers``). Jobs run in
 :func:`jobs_for`'s order: claim 1's searches of the paper's three families (AE, β-VAE, DCGAN),
 then the families most claims rest on first, and among equals the shorter chain of
 trainings (steps x levels) first.
@@ -29,31 +25,16 @@ scaled down from the paper is written in ``docs/results/README.md``.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-import os
-import shutil
-import threading
-import time
 from collections.abc import Callable
 
-import filelock
-import jax
 import ml_collections
 
-from lth_jax import config_fields
 from lth_jax import configs
-from lth_jax import early_bird
 from lth_jax import families as families_lib
-from lth_jax import lottery
-from lth_jax import preemption
-from lth_jax import runs
-from lth_jax import stability
-from lth_jax import transfer
+from lth_jax import job_queue
 
 SCALES = ("smoke", "cpu", "gpu")
-JOB_TIME = "job_time.json"   # a job's wall-clock and CPU seconds, summed over its resumptions
 CLAIM_BRANCHES = ("ticket", "random_reinit", "random_pruning")
 INIT_BRANCHES = ("snip", "grasp", "synflow")
 EB_SPARSITIES = (0.3, 0.5, 0.6, 0.75)
@@ -101,24 +82,6 @@ def claim_families(claim: int) -> tuple[str, ...]:
                if (r := families_lib.get(name).reproduction) is not None and claim in r.claims)
 
 
-@dataclasses.dataclass
-class Job:
-  """One driver run.
-
-  Attributes:
-    source: a job that must finish first: the search a ``stability`` job reads, or the job whose
-      outputs ``reuse`` names.
-    reuse: ``(there, here)`` pairs: the file or directory ``there`` of ``source``'s workdir is
-      copied to ``here`` in this job's before it runs (the finished runs the two jobs share,
-      which the driver then skips; a copied run of another config is refused by the driver).
-  """
-  name: str
-  binary: str
-  config: ml_collections.ConfigDict
-  source: str = ""
-  reuse: tuple[tuple[str, str], ...] = ()
-
-
 def base_config(family: str, scale: str) -> ml_collections.ConfigDict:
   """The family's config at ``scale`` (all sections; each job keeps its binary's)."""
   settings = SCALE_SETTINGS[scale]
@@ -163,7 +126,7 @@ def _families(claim: int, scale: str) -> tuple[str, ...]:
 
 
 def _claim1(scale):
-  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
+  return [job_queue.Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
           for f in _families(1, scale)]
 
 
@@ -176,27 +139,27 @@ def _spread(family: str, scale: str, branches: tuple[str, ...]) -> dict:
 
 
 def _claim2(scale):
-  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + INIT_BRANCHES,
+  return [job_queue.Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + INIT_BRANCHES,
                                                       _spread(f, scale, INIT_BRANCHES)))
           for f in _families(2, scale)]
 
 
 def _claim3(scale):
-  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
+  return [job_queue.Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
           for f in claim_families(3)] + [
-      Job(f"search_{f}_rewind0", "find_tickets",
+      job_queue.Job(f"search_{f}_rewind0", "find_tickets",
           _search(f, scale, ("ticket",), {"lottery.rewind_step": "0it"}))
       for f in claim_families(3)]
 
 
 def _claim4(scale):
-  jobs = [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + ("one_shot",),
+  jobs = [job_queue.Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES + ("one_shot",),
                                                       _spread(f, scale, ("one_shot",))))
           for f in claim_families(4)]
   for family in claim_families(4):
     for part in configs.get_config(family).prune.parts:
       parts = {p: p == part for p in configs.get_config(family).prune.parts}
-      jobs.append(Job(f"search_{family}_only_{part}", "find_tickets",
+      jobs.append(job_queue.Job(f"search_{family}_only_{part}", "find_tickets",
                       _search(family, scale, ("ticket",), {"prune.parts": parts})))
   return jobs
 
@@ -224,7 +187,7 @@ def _claim5(scale):
     config.lottery.levels = scaled_levels(SCALE_SETTINGS[scale]["transfer_levels"], scale)
     config.lottery.branches = CLAIM_BRANCHES
     config.transfer.direction = direction
-    job = Job(f"transfer_{direction}", "transfer", configs.for_binary(config, "transfer"))
+    job = job_queue.Job(f"transfer_{direction}", "transfer", configs.for_binary(config, "transfer"))
     if first:
       job.source, job.reuse = first.name, (("target", "source"), ("source", "target"))
     else:
@@ -245,7 +208,7 @@ def _claim6(scale):
       name = f"early_bird_{family}_{sparsity:g}"
       dense = tuple((d, d) for d in [f"dense_seed{s}" for s in config.tickets.seeds]
                     + ["samples_dense.png"])
-      jobs.append(Job(name, "early_bird", configs.for_binary(config, "early_bird"),
+      jobs.append(job_queue.Job(name, "early_bird", configs.for_binary(config, "early_bird"),
                       source=first, reuse=dense if first else ()))
       first = first or name
   return jobs
@@ -254,13 +217,13 @@ def _claim6(scale):
 def _claim7(scale):
   """Each family's claim-1 search, then the stability of its tickets (which waits for it: a
   stability job run beside a half-finished search would finish with its levels so far)."""
-  return [Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
+  return [job_queue.Job(f"search_{f}", "find_tickets", _search(f, scale, CLAIM_BRANCHES))
           for f in _families(7, scale)] + [
-      Job(f"stability_{f}", "stability", _search(f, scale, CLAIM_BRANCHES),
+      job_queue.Job(f"stability_{f}", "stability", _search(f, scale, CLAIM_BRANCHES),
           source=f"search_{f}") for f in _families(7, scale)]
 
 
-CLAIMS: dict[int, tuple[str, Callable[[str], list[Job]]]] = {
+CLAIMS: dict[int, tuple[str, Callable[[str], list[job_queue.Job]]]] = {
     1: ("Winning tickets by IMP with late resetting", _claim1),
     2: ("Tickets beat pruning at initialisation", _claim2),
     3: ("Late resetting matters", _claim3),
@@ -271,10 +234,10 @@ CLAIMS: dict[int, tuple[str, Callable[[str], list[Job]]]] = {
 }
 
 
-def jobs_for(claims: list[int], scale: str) -> list[Job]:
+def jobs_for(claims: list[int], scale: str) -> list[job_queue.Job]:
   """The jobs of ``claims`` in run order, shared searches merged (their branches and their
   ``lottery.branch_levels`` groups united)."""
-  merged: dict[str, Job] = {}
+  merged: dict[str, job_queue.Job] = {}
   for claim in claims:
     for job in CLAIMS[claim][1](scale):
       if job.name in merged and job.binary == "find_tickets":
@@ -289,7 +252,7 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
   order = {"find_tickets": 0, "transfer": 1, "early_bird": 2, "stability": 3}
   headline = {f"search_{f}" for f in claim_families(2)}   # claim 1 of the paper's 3 families
 
-  def key(job: Job) -> tuple[int, int, int, int]:
+  def key(job: job_queue.Job) -> tuple[int, int, int, int]:
     # Claim 1's searches of the paper's three families (the question the run answers), then
     # the families most claims rest on, then the shorter chain of trainings (steps x levels).
     c = job.config
@@ -297,160 +260,3 @@ def jobs_for(claims: list[int], scale: str) -> list[Job]:
     return (job.name not in headline,
             -len(families_lib.get(c.family).reproduction.claims), order[job.binary], cost)
   return sorted(merged.values(), key=key)
-
-
-def trained_levels(lottery: dict) -> dict[str, set[int]]:
-  """``{branch: levels it trains}`` of a search's ``lottery`` config section."""
-  only = config_fields.branch_levels(ml_collections.ConfigDict({"branch_levels": "", **lottery}))
-  return {b: set(only.get(b, range(1, lottery["levels"] + 1))) for b in lottery["branches"]}
-
-
-def covers(done: dict, wanted: dict) -> bool:
-  """Whether a job finished with config ``done`` trained everything config ``wanted`` asks for:
-  the same config, except that a search may have had more levels, branches or branch levels (a
-  search grown for claim 2 also finished claim 1's), and for ``runs.CADENCE_FIELDS``."""
-  done, wanted = runs.without_cadence(done), runs.without_cadence(wanted)
-  if done == wanted:
-    return True
-  extendable = [k.split(".")[1] for k in lottery.EXTENDABLE]
-  rest = lambda c: {**c, "lottery": {k: v for k, v in c.get("lottery", {}).items()
-                                     if k not in extendable}}
-  if "lottery" not in done or rest(done) != rest(wanted):
-    return False
-  have, need = trained_levels(done["lottery"]), trained_levels(wanted["lottery"])
-  return all(b in have and levels <= have[b] for b, levels in need.items())
-
-
-def job_finished(job: Job, workdir: str) -> bool:
-  """Whether ``workdir/<job name>/job_done.json`` holds a config that :func:`covers` ``job``'s
-  (a search finished for claim 1 only is unfinished for claim 2, whose config adds branches)."""
-  done = os.path.join(workdir, job.name, "job_done.json")
-  return os.path.exists(done) and covers(runs.read_json(done), runs.config_to_dict(job.config))
-
-
-@contextlib.contextmanager
-def _job_clock(path: str, every_s: float = 60.0):
-  """Adds this process's wall-clock and CPU seconds (all threads) to the JSON file ``path``
-  every ``every_s`` seconds and at the end (a killed run loses at most ``every_s`` of them),
-  and the kind of device it ran on to the file's ``devices``."""
-  before = {"wall_s": 0.0, "cpu_s": 0.0, "devices": []}
-  before.update(runs.read_json(path) if os.path.exists(path) else {})
-  devices = sorted({*before["devices"], jax.devices()[0].device_kind})
-  wall, cpu = time.perf_counter(), time.process_time()
-  stop = threading.Event()
-
-  def write():   # the thread's writes end (join) before the last one
-    runs.write_json(path, {"wall_s": before["wall_s"] + time.perf_counter() - wall,
-                           "cpu_s": before["cpu_s"] + time.process_time() - cpu,
-                           "devices": devices})
-
-  def loop():
-    while not stop.wait(every_s):
-      write()
-
-  write()   # at once: the file's time says the job runs (reproduction_status)
-  thread = threading.Thread(target=loop, name="job-clock", daemon=True)
-  thread.start()
-  try:
-    yield
-  finally:
-    stop.set()
-    thread.join()
-    write()
-
-
-@contextlib.contextmanager
-def file_lock(path: str, wait: bool = False):
-  """Yields whether this process holds the advisory lock ``path`` (``filelock``: an ``flock`` on
-  POSIX, created if absent); with ``wait``, blocks until it does. The kernel releases it when the
-  process ends, however it ends."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  lock = filelock.FileLock(path)
-  try:
-    lock.acquire(timeout=-1 if wait else 0)
-  except filelock.Timeout:
-    yield False
-    return
-  try:
-    yield True
-  finally:
-    lock.release()
-
-
-def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job: None) -> bool:
-  """Runs ``job`` in ``workdir/<name>`` unless it is :func:`job_finished`; accumulates its
-  wall-clock and process CPU seconds over resumptions in ``job_time.json`` (:func:`_job_clock`).
-  ``announce(job)`` is called when it starts.
-
-  Returns:
-    True when the job is finished, False when another process holds its ``job.lock``.
-  """
-  if job_finished(job, workdir):
-    return True
-  path = os.path.join(workdir, job.name)
-  with file_lock(os.path.join(path, "job.lock")) as mine:
-    if not mine:
-      return False
-    if job_finished(job, workdir):    # finished by the process that held the lock before
-      return True
-    announce(job)
-    for there, here in job.reuse:
-      here, there = os.path.join(path, here), os.path.join(workdir, job.source, there)
-      if os.path.exists(there) and not os.path.exists(here):
-        (shutil.copytree if os.path.isdir(there) else shutil.copyfile)(there, here)
-    drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
-               "early_bird": early_bird.run}
-    with _job_clock(os.path.join(path, JOB_TIME)):
-      if job.binary == "stability":
-        stability.run(job.config, path, os.path.join(workdir, job.source))
-      else:
-        drivers[job.binary](job.config, path)
-    runs.write_json(os.path.join(path, "job_done.json"), runs.config_to_dict(job.config))
-  return True
-
-
-def run_jobs(jobs: list[Job], workdir: str, poll_s: float = 10.0,
-             announce: Callable[[Job], None] = lambda job: None, *,
-             keep_going: tuple[type[BaseException], ...] = (),
-             on_failure: Callable[[Job, BaseException], None] = lambda job, error: None
-             ) -> list[str]:
-  """Runs ``jobs`` (:func:`jobs_for`'s order) until every one is finished or failed, beside any
-  other processes working on ``workdir``: the first job that is free (not locked by another
-  process, its ``source`` not pending) runs, then the list is scanned again from the top; when
-  every pending job is locked or waiting, checks again after ``poll_s`` seconds.
-  ``announce(job)`` is called when this process starts a job.
-
-  A job that raises one of ``keep_going`` fails: ``on_failure(job, error)`` is called, the jobs
-  that read it (``source``) are dropped, and the others go on, so one failure does not stop an
-  unattended multi-day run. A failed job stays unfinished: another process, or the next run of
-  the command, tries it again. Any other exception propagates, :class:`preemption.Preempted`
-  too (also raised here, before a job starts, once a stop was requested).
-
-  Returns:
-    The names of the jobs that failed here or were dropped for a failed source, in order.
-  """
-  pending, failed = list(jobs), []
-  while pending:
-    preemption.check()
-    waiting = {job.name for job in pending}
-    for job in pending:
-      if job.source in failed:
-        failed.append(job.name)
-        pending.remove(job)
-        break
-      if job.source in waiting:
-        continue
-      try:
-        finished = run_job(job, workdir, announce)
-      except keep_going as error:
-        on_failure(job, error)
-        failed.append(job.name)
-        pending.remove(job)
-        break
-      if finished:
-        pending.remove(job)
-        break
-    else:
-      time.sleep(poll_s)
-      pending = [job for job in pending if not job_finished(job, workdir)]
-  return failed

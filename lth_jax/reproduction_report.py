@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from lth_jax import configs
 from lth_jax import families
+from lth_jax import job_queue
 from lth_jax import lottery
 from lth_jax import report
 from lth_jax import reproduction
@@ -385,7 +386,7 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
   for c in claims:
     section = SECTIONS[c](workdir, results_dir)
     jobs = reproduction.jobs_for([c], scale)
-    unfinished = [j for j in jobs if not reproduction.job_finished(j, workdir)]
+    unfinished = [j for j in jobs if not job_queue.job_finished(j, workdir)]
     if unfinished:
       listed = ", ".join(f"{j.name} ({reproduction_status.progress(j, workdir, jobs)})"
                          for j in unfinished)
@@ -398,7 +399,7 @@ def write(workdir: str, results_dir: str, claims: Sequence[int], scale: str,
     sections.append(section)
   times, total = [], [0.0, 0.0]
   for job in reproduction.jobs_for(list(claims), scale):
-    path = os.path.join(workdir, job.name, reproduction.JOB_TIME)
+    path = os.path.join(workdir, job.name, job_queue.JOB_TIME)
     if os.path.exists(path):
       t = runs.read_json(path)
       times.append(f"| {job.name} | {t['wall_s'] / 3600:.2f} | {t['cpu_s'] / 3600:.2f} | "

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from lth_jax import early_bird
+from lth_jax import job_queue
 from lth_jax import lottery
 from lth_jax import report
-from lth_jax import reproduction
 from lth_jax import runs
 from lth_jax import stability
 from lth_jax import transfer
@@ -52,7 +52,7 @@ class JobStatus(NamedTuple):
   rate_key: tuple        # jobs of one (family, steps) share a CPU cost per run
 
 
-def planned_outputs(job: reproduction.Job) -> list[str]:
+def planned_outputs(job: job_queue.Job) -> list[str]:
   """The files, relative to the job's directory, each marking one of its trainings finished,
   in run order (the driver's ``planned_outputs``)."""
   planned = {"find_tickets": lottery.planned_outputs, "transfer": transfer.planned_outputs,
@@ -89,7 +89,7 @@ def _group_in_flight(job_dir: str, pending: Sequence[str], steps: int) -> tuple[
   return f"{stage + ' ' if stage else ''}at step {step}", trained
 
 
-def copied(job: reproduction.Job, jobs: dict[str, reproduction.Job]) -> set[str]:
+def copied(job: job_queue.Job, jobs: dict[str, job_queue.Job]) -> set[str]:
   """``job``'s planned outputs that its ``reuse`` pairs copy from its source's planned outputs
   (trained there, not here)."""
   if not job.reuse:
@@ -104,7 +104,7 @@ def copied(job: reproduction.Job, jobs: dict[str, reproduction.Job]) -> set[str]
   return mine
 
 
-def job_status(job: reproduction.Job, workdir: str, jobs: dict[str, reproduction.Job],
+def job_status(job: job_queue.Job, workdir: str, jobs: dict[str, job_queue.Job],
                pending: set[str] = frozenset(), now: float | None = None) -> JobStatus:
   """``job``'s :class:`JobStatus` in ``workdir``. ``jobs``: every job by name (``job``'s source
   among them); ``pending``: the unfinished ones (a job whose source is one is waiting)."""
@@ -112,10 +112,10 @@ def job_status(job: reproduction.Job, workdir: str, jobs: dict[str, reproduction
   planned = planned_outputs(job)
   done = {p for p in planned if os.path.exists(os.path.join(path, p))}
   copies = copied(job, jobs)
-  clock = os.path.join(path, reproduction.JOB_TIME)
+  clock = os.path.join(path, job_queue.JOB_TIME)
   cpu_s = runs.read_json(clock)["cpu_s"] if os.path.exists(clock) else 0.0
   now = time.time() if now is None else now
-  if reproduction.job_finished(job, workdir):
+  if job_queue.job_finished(job, workdir):
     state = "finished"
   elif os.path.exists(clock) and now - os.path.getmtime(clock) < ACTIVE_S:
     state = "running"
@@ -134,15 +134,15 @@ def job_status(job: reproduction.Job, workdir: str, jobs: dict[str, reproduction
                    len(planned) - len(copies), (job.config.family, job.config.train.steps))
 
 
-def statuses(jobs: Sequence[reproduction.Job], workdir: str,
+def statuses(jobs: Sequence[job_queue.Job], workdir: str,
              now: float | None = None) -> list[JobStatus]:
   """Every job's :class:`JobStatus`, in ``jobs``' order."""
   by_name = {j.name: j for j in jobs}
-  pending = {j.name for j in jobs if not reproduction.job_finished(j, workdir)}
+  pending = {j.name for j in jobs if not job_queue.job_finished(j, workdir)}
   return [job_status(j, workdir, by_name, pending, now) for j in jobs]
 
 
-def progress(job: reproduction.Job, workdir: str, jobs: Sequence[reproduction.Job]) -> str:
+def progress(job: job_queue.Job, workdir: str, jobs: Sequence[job_queue.Job]) -> str:
   """An unfinished job's progress in words: 'not started' or 'N of M runs done[, <in flight>]'
   (``jobs``: every job, ``job``'s source among them)."""
   status = job_status(job, workdir, {j.name: j for j in jobs})
@@ -165,7 +165,7 @@ def cpu_left(found: Sequence[JobStatus]) -> dict[str, float | None]:
           if trained[s.rate_key] else None for s in found}
 
 
-def table(jobs: Sequence[reproduction.Job], workdir: str, now: float | None = None) -> str:
+def table(jobs: Sequence[job_queue.Job], workdir: str, now: float | None = None) -> str:
   """The Markdown status table of ``jobs`` in ``workdir``, with a total row and its rule."""
   found = statuses(jobs, workdir, now)
   left = cpu_left(found)

@@ -8,8 +8,8 @@ import time
 import jax
 import pytest
 
-from lth_jax import config_fields, families, preemption, reproduction, reproduction_report, runs
-from lth_jax import reproduction_status, validation
+from lth_jax import config_fields, families, job_queue, preemption, reproduction
+from lth_jax import reproduction_report, reproduction_status, runs, validation
 from tests.conftest import needs_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +142,7 @@ def test_the_page_names_the_feature_space_and_refuses_jobs_of_two(tmp_path):
 
 def test_job_clock_writes_while_running_and_accumulates(tmp_path):
   path = str(tmp_path / "job" / "job_time.json")
-  with reproduction._job_clock(path, every_s=0.02):   # pylint: disable=protected-access
+  with job_queue._job_clock(path, every_s=0.02):   # pylint: disable=protected-access
     first = runs.read_json(path)                        # written at once: the job runs
     deadline = time.time() + 10
     while runs.read_json(path) == first and time.time() < deadline:   # and while it runs
@@ -150,7 +150,7 @@ def test_job_clock_writes_while_running_and_accumulates(tmp_path):
     second = runs.read_json(path)
   assert second["wall_s"] > first["wall_s"]
   end = runs.read_json(path)
-  with reproduction._job_clock(path, every_s=60):     # pylint: disable=protected-access
+  with job_queue._job_clock(path, every_s=60):     # pylint: disable=protected-access
     time.sleep(0.05)
   total = runs.read_json(path)
   assert total["wall_s"] >= end["wall_s"] + 0.05 and total["cpu_s"] >= end["cpu_s"]
@@ -178,20 +178,20 @@ def test_run_jobs_leaves_a_locked_job_to_its_process_and_waits_for_a_source(tmp_
   from lth_jax import lottery, stability   # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path)
   config = lambda i: ml_collections.ConfigDict({"family": "ae", "i": i})
-  search, other = (reproduction.Job(n, "find_tickets", config(i))
+  search, other = (job_queue.Job(n, "find_tickets", config(i))
                    for i, n in enumerate(("search", "other")))
-  check = reproduction.Job("check", "stability", config(2), source="search")
+  check = job_queue.Job("check", "stability", config(2), source="search")
   ran = []
   monkeypatch.setattr(lottery, "run", lambda cfg, path: ran.append(os.path.basename(path)))
   monkeypatch.setattr(stability, "run", lambda cfg, path, source: ran.append(
       (os.path.basename(path), os.path.basename(source))))
   lock = os.path.join(workdir, "search", "job.lock")
-  with reproduction.file_lock(lock) as held:          # "another process" runs the search
+  with job_queue.file_lock(lock) as held:          # "another process" runs the search
     assert held
-    with reproduction.file_lock(lock) as again:
+    with job_queue.file_lock(lock) as again:
       assert not again                                  # a second holder is refused
-    assert not reproduction.run_job(search, workdir)
-    worker = threading.Thread(target=reproduction.run_jobs,
+    assert not job_queue.run_job(search, workdir)
+    worker = threading.Thread(target=job_queue.run_jobs,
                               args=([search, other, check], workdir, 0.02))
     worker.start()
     deadline = time.time() + 30
@@ -204,16 +204,16 @@ def test_run_jobs_leaves_a_locked_job_to_its_process_and_waits_for_a_source(tmp_
   worker.join(30)
   assert not worker.is_alive()
   assert ran == ["other", ("check", "search")]
-  assert reproduction.job_finished(check, workdir) and reproduction.job_finished(other, workdir)
+  assert job_queue.job_finished(check, workdir) and job_queue.job_finished(other, workdir)
 
 
 def test_run_jobs_goes_on_past_a_failed_job_and_drops_its_readers(tmp_path, monkeypatch):
   import ml_collections   # pylint: disable=g-import-not-at-top
   from lth_jax import lottery, stability   # pylint: disable=g-import-not-at-top
   config = lambda i: ml_collections.ConfigDict({"family": "ae", "i": i})
-  bad, other = (reproduction.Job(n, "find_tickets", config(i))
+  bad, other = (job_queue.Job(n, "find_tickets", config(i))
                 for i, n in enumerate(("bad", "other")))
-  check = reproduction.Job("check", "stability", config(2), source="bad")
+  check = job_queue.Job("check", "stability", config(2), source="bad")
   ran, seen = [], []
 
   def search(cfg, path):
@@ -223,13 +223,13 @@ def test_run_jobs_goes_on_past_a_failed_job_and_drops_its_readers(tmp_path, monk
 
   monkeypatch.setattr(lottery, "run", search)
   monkeypatch.setattr(stability, "run", lambda cfg, path, source: ran.append("check"))
-  failed = reproduction.run_jobs([bad, check, other], str(tmp_path), 0.01, keep_going=(ValueError,),
+  failed = job_queue.run_jobs([bad, check, other], str(tmp_path), 0.01, keep_going=(ValueError,),
                                  on_failure=lambda job, e: seen.append((job.name, str(e))))
   assert failed == ["bad", "check"] and seen == [("bad", "no data")] and ran == ["other"]
-  assert not reproduction.job_finished(bad, str(tmp_path))       # tried again by the next run
-  assert reproduction.job_finished(other, str(tmp_path))
+  assert not job_queue.job_finished(bad, str(tmp_path))       # tried again by the next run
+  assert job_queue.job_finished(other, str(tmp_path))
   with pytest.raises(ValueError, match="no data"):               # not kept going: propagates
-    reproduction.run_jobs([bad], str(tmp_path), 0.01)
+    job_queue.run_jobs([bad], str(tmp_path), 0.01)
 
 
 def test_a_stop_requested_during_a_job_ends_run_jobs_before_the_next(tmp_path, monkeypatch):
@@ -237,7 +237,7 @@ def test_a_stop_requested_during_a_job_ends_run_jobs_before_the_next(tmp_path, m
   (:class:`preemption.Preempted` is not one of ``keep_going``'s user errors)."""
   import ml_collections   # pylint: disable=g-import-not-at-top
   from lth_jax import lottery   # pylint: disable=g-import-not-at-top
-  first, second = (reproduction.Job(n, "find_tickets", ml_collections.ConfigDict({"i": i}))
+  first, second = (job_queue.Job(n, "find_tickets", ml_collections.ConfigDict({"i": i}))
                    for i, n in enumerate(("first", "second")))
   ran = []
 
@@ -248,11 +248,11 @@ def test_a_stop_requested_during_a_job_ends_run_jobs_before_the_next(tmp_path, m
   monkeypatch.setattr(lottery, "run", search)
   try:
     with pytest.raises(preemption.Preempted, match="stopped by SIGTERM; run the same command"):
-      reproduction.run_jobs([first, second], str(tmp_path), 0.01, keep_going=(ValueError,))
+      job_queue.run_jobs([first, second], str(tmp_path), 0.01, keep_going=(ValueError,))
   finally:
     preemption.clear()
-  assert ran == ["first"] and reproduction.job_finished(first, str(tmp_path))
-  assert not reproduction.job_finished(second, str(tmp_path))
+  assert ran == ["first"] and job_queue.job_finished(first, str(tmp_path))
+  assert not job_queue.job_finished(second, str(tmp_path))
 
 
 def test_claim1_repeats_its_table_in_kid_for_families_that_have_it():
@@ -296,7 +296,7 @@ def test_status_counts_runs_in_flight_copies_and_estimates_what_is_left(tmp_path
     _touch(root / "level_00" / f"dense_seed{s}" / "metrics.json")
   steps = search.config.train.steps
   (root / "level_01" / "checkpoints" / "abc123" / str(steps // 2)).mkdir(parents=True)
-  _touch(root / reproduction.JOB_TIME, '{"wall_s": 7200.0, "cpu_s": 3600.0, "devices": []}')
+  _touch(root / job_queue.JOB_TIME, '{"wall_s": 7200.0, "cpu_s": 3600.0, "devices": []}')
   status = reproduction_status.job_status(search, str(tmp_path), by_name, set(), now)
   assert status.state == "running" and status.done == len(seeds)
   assert status.in_flight == f"level_01 at step {steps // 2}"
@@ -320,7 +320,7 @@ def test_status_counts_runs_in_flight_copies_and_estimates_what_is_left(tmp_path
   runs.write_json(str(eb_root / "checkpoints" / "def456.json"),
                   {"runs": [f"dense_seed{s}" for s in seeds], "until_step": steps})
   (eb_root / "checkpoints" / "def456" / str(steps // 4)).mkdir(parents=True)
-  _touch(eb_root / reproduction.JOB_TIME, '{"wall_s": 1.0, "cpu_s": 1.0, "devices": []}')
+  _touch(eb_root / job_queue.JOB_TIME, '{"wall_s": 1.0, "cpu_s": 1.0, "devices": []}')
   eb = reproduction_status.job_status(first, str(tmp_path), by_name, set(), now)
   assert eb.in_flight == f"at step {steps // 4}"
   assert eb.trained == pytest.approx(len(seeds) / 4) and eb.done == 0
@@ -353,15 +353,15 @@ def test_a_grown_search_covers_the_smaller_configs_it_finished():
                     for j in reproduction.jobs_for(claims, "cpu")}["search_vae"]
                    for claims in ([1], [1, 2, 4]))
   assert grown != small
-  assert reproduction.covers(grown, small)          # claim 1's search is inside claims 1-4's
-  assert not reproduction.covers(small, grown)      # the grown one still has branches to train
+  assert job_queue.covers(grown, small)          # claim 1's search is inside claims 1-4's
+  assert not job_queue.covers(small, grown)      # the grown one still has branches to train
   fewer_levels = {**small, "lottery": {**small["lottery"],
                                        "levels": small["lottery"]["levels"] - 1}}
-  assert reproduction.covers(small, fewer_levels) and not reproduction.covers(fewer_levels, small)
+  assert job_queue.covers(small, fewer_levels) and not job_queue.covers(fewer_levels, small)
   other = {**small, "train": {**small["train"], "steps": small["train"]["steps"] + 1}}
-  assert not reproduction.covers(other, small) and not reproduction.covers(small, other)
+  assert not job_queue.covers(other, small) and not job_queue.covers(small, other)
   cadence = {**small, "train": {**small["train"], "checkpoint_every": 7, "log_every": 7}}
-  assert reproduction.covers(cadence, small) and reproduction.covers(small, cadence)
+  assert job_queue.covers(cadence, small) and job_queue.covers(small, cadence)
 
 
 def test_early_bird_jobs_share_the_first_sparsitys_dense_runs(tmp_path, monkeypatch):
@@ -378,7 +378,7 @@ def test_early_bird_jobs_share_the_first_sparsitys_dense_runs(tmp_path, monkeypa
   (tmp_path / first.name / "dense_seed0").mkdir(parents=True)
   (tmp_path / first.name / "dense_seed0" / "metrics.json").write_text("{}")
   (tmp_path / first.name / "samples_dense.png").write_bytes(b"png")
-  assert reproduction.run_job(rest[0], str(tmp_path))
+  assert job_queue.run_job(rest[0], str(tmp_path))
   assert "dense_seed0" in seen[0] and "samples_dense.png" in seen[0]
   assert (tmp_path / rest[0].name / "dense_seed0" / "metrics.json").read_text() == "{}"
 
