@@ -297,6 +297,7 @@ def test_status_counts_runs_in_flight_copies_and_estimates_what_is_left(tmp_path
   steps = search.config.train.steps
   (root / "level_01" / "checkpoints" / "abc123" / str(steps // 2)).mkdir(parents=True)
   _touch(root / job_queue.JOB_TIME, '{"wall_s": 7200.0, "cpu_s": 3600.0, "devices": []}')
+  now = os.path.getmtime(root / job_queue.JOB_TIME)   # the clock was just written
   status = reproduction_status.job_status(search, str(tmp_path), by_name, set(), now)
   assert status.state == "running" and status.done == len(seeds)
   assert status.in_flight == f"level_01 at step {steps // 2}"
