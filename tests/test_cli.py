@@ -83,6 +83,8 @@ CASES = {
          "search_ae"),
         (["--scale=smoke", "--jobs=stability_ae"],
          "--jobs: ['stability_ae'] need ['search_ae'] finished first"),
+        (["--scale=smoke", "--status", "--workdir={tmp}/missing"],
+         "--status: no workdir '{tmp}/missing' (nothing has run there)"),
     ],
 }
 
