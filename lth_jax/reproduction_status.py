@@ -76,13 +76,17 @@ def _group_in_flight(job_dir: str, pending: Sequence[str], steps: int) -> tuple[
       group = os.path.dirname(step_dir)
       stage = os.path.relpath(os.path.dirname(os.path.dirname(group)), job_dir)
       stage = "" if stage == "." else stage
-      record = runs.read_json(group + ".json") if os.path.exists(group + ".json") else None
+      try:   # a worker may delete an old step, or a finished group, while this reads
+        mtime = os.path.getmtime(step_dir)
+        record = runs.read_json(group + ".json") if os.path.exists(group + ".json") else None
+      except FileNotFoundError:
+        continue
       left = [p for p in pending if os.path.dirname(os.path.dirname(p)) == stage
               and (record is None or os.path.basename(os.path.dirname(p)) in record["runs"])]
       if left:
+        step = int(os.path.basename(step_dir))
         until = record["until_step"] if record else steps
-        found.append((os.path.getmtime(step_dir), stage, int(os.path.basename(step_dir)),
-                      len(left) * min(1.0, int(os.path.basename(step_dir)) / until)))
+        found.append((mtime, stage, step, len(left) * min(1.0, step / until)))
   if not found:
     return "", 0.0
   _, stage, step, trained = max(found)
