@@ -72,6 +72,7 @@ from lth_jax.models import dcgan
 
 PyTree = Any
 BRANCH = "transferred"
+SOURCE_BRANCHES = ("ticket",)   # the source search trains its tickets only
 
 
 class TransferMismatchError(ValueError):
@@ -303,7 +304,7 @@ def derive_configs(config: ml_collections.ConfigDict
   """
   spec = spec_from_config(config)
   source = configs.for_binary(config, "find_tickets")     # the searches are lottery runs
-  source.lottery.branches = ("ticket",)
+  source.lottery.branches = SOURCE_BRANCHES
   target = configs.for_binary(config, "find_tickets")
   target.family = spec.target_family
   defaults = configs.get_config(spec.target_family, config.data.name)
@@ -391,7 +392,7 @@ def planned_outputs(config: ml_collections.ConfigDict) -> list[str]:
   """Every run's output file, relative to the workdir, in :func:`run`'s order: the source
   search's (ticket branch), the target search's, then each level's transferred tickets."""
   source = ml_collections.ConfigDict(config.to_dict())
-  source.lottery.branches = ("ticket",)
+  source.lottery.branches = SOURCE_BRANCHES
   return ([os.path.join("source", p) for p in lottery.planned_outputs(source)]
           + [os.path.join("target", p) for p in lottery.planned_outputs(config)]
           + [runs.run_output(os.path.join(BRANCH, lottery.level_name(level)), name)
