@@ -25,7 +25,6 @@ import filelock
 import jax
 import ml_collections
 
-from lth_jax import config_fields
 from lth_jax import early_bird
 from lth_jax import lottery
 from lth_jax import preemption
@@ -54,10 +53,12 @@ class Job:
   reuse: tuple[tuple[str, str], ...] = ()
 
 
-def trained_levels(lottery: dict) -> dict[str, set[int]]:
-  """``{branch: levels it trains}`` of a search's ``lottery`` config section."""
-  only = config_fields.branch_levels(ml_collections.ConfigDict({"branch_levels": "", **lottery}))
-  return {b: set(only.get(b, range(1, lottery["levels"] + 1))) for b in lottery["branches"]}
+def trained_levels(section: dict) -> dict[str, set[int]]:
+  """``{branch: levels >= 1 it trains}`` of a search's ``lottery`` config section."""
+  config = ml_collections.ConfigDict({"lottery": {"branch_levels": "", **section}})
+  levels = range(1, section["levels"] + 1)
+  return {b: {lv for lv in levels if b in lottery.branches_at(config, lv)}
+          for b in section["branches"]}
 
 
 def covers(done: dict, wanted: dict) -> bool:
