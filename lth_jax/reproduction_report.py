@@ -231,6 +231,8 @@ def claim4(workdir: str, results_dir: str) -> Section:
       csv += rows
     rows, metric = search_rows(workdir, f"search_{family}")
     if rows and any(r["branch"] == "one_shot" for r in rows):
+      csv += [{"family": family, "search": f"search_{family}", **r} for r in rows
+              if r["branch"] in ("dense", "ticket", "one_shot")]
       table, stats = level_table(rows, metric, ("ticket", "one_shot"))
       iterative = [_beats(stats, metric, (lv, "ticket"), [(lv, "one_shot")])
                    for lv in sorted({k[0] for k in stats if k[0] > 1})]

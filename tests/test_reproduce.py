@@ -431,3 +431,23 @@ def test_claim7_holds_when_the_winning_levels_are_the_stable_ones(tmp_path, monk
   section = reproduction_report.claim7(str(tmp_path), str(tmp_path))
   assert section.verdict == expected
   assert "| 1 | " in section.body and "| True |" in section.body and "| False |" in section.body
+
+
+def test_claim4_shows_iterative_against_one_shot_before_the_halves_searches_ran(tmp_path,
+                                                                                  monkeypatch):
+  """The one-shot comparison is in the search itself: it is shown (rows, table) while the
+  only-one-half searches have not run, and level 1 (the same mask) is not compared."""
+  rows = [{"level": lv, "branch": b, "seed": s, "sparsity": 0.36 * lv, "fid": m + 0.1 * s}
+          for s in (0, 1) for lv, b, m in (
+              (0, "dense", 10.0), (1, "ticket", 9.0), (1, "one_shot", 9.0),
+              (2, "ticket", 8.0), (2, "one_shot", 8.5), (2, "random_reinit", 11.0))]
+  monkeypatch.setattr(reproduction_report, "search_rows",
+                      lambda workdir, name: ((rows, "fid") if name == "search_vae" else ([], "")))
+  section = reproduction_report.claim4(str(tmp_path), str(tmp_path))
+  assert section.verdict == "held"            # one compared level (2), where the ticket wins
+  assert "iterative (ticket) vs one-shot" in section.body
+  assert {r["branch"] for r in section.rows} == {"dense", "ticket", "one_shot"}
+  page = reproduction_report.write(str(tmp_path), str(tmp_path / "page"), [4], "cpu", "")
+  claim = page.split("## 4. ", 1)[1]
+  assert "no verdict yet" in claim and "Nothing has run yet" not in claim   # the halves: later
+  assert "iterative (ticket) vs one-shot" in claim
