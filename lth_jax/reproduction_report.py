@@ -215,7 +215,8 @@ def claim3(workdir: str, results_dir: str) -> Section:
     h, text, rows = _paired(workdir, family, f"search_{family}", f"search_{family}_rewind0",
                             "ticket", "ticket")
     holds += h
-    body.append(text)
+    if text:
+      body.append(text)
     csv += rows
   return Section(3, reproduction.CLAIMS[3][0], verdict(holds), "\n".join(body), csv)
 
@@ -227,7 +228,8 @@ def claim4(workdir: str, results_dir: str) -> Section:
       h, text, rows = _paired(workdir, family, f"search_{family}", f"search_{family}_only_{part}",
                               "ticket", "ticket")
       holds += h
-      body.append(text.replace("###", f"### both halves vs only the {part}:", 1))
+      if text:
+        body.append(text.replace("###", f"### both halves vs only the {part}:", 1))
       csv += rows
     rows, metric = search_rows(workdir, f"search_{family}")
     if rows and any(r["branch"] == "one_shot" for r in rows):
