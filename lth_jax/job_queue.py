@@ -33,6 +33,10 @@ from lth_jax import stability
 from lth_jax import transfer
 
 JOB_TIME = "job_time.json"   # a job's wall-clock and CPU seconds, summed over its resumptions
+# Each binary's driver module: ``run(config, workdir)`` (``stability``'s also takes the workdir
+# of the search it reads) and ``planned_outputs(config)`` (its runs' output files).
+DRIVERS = {"find_tickets": lottery, "transfer": transfer, "early_bird": early_bird,
+           "stability": stability}
 
 
 @dataclasses.dataclass
@@ -154,13 +158,9 @@ def run_job(job: Job, workdir: str, announce: Callable[[Job], None] = lambda job
       here, there = os.path.join(path, here), os.path.join(workdir, job.source, there)
       if os.path.exists(there) and not os.path.exists(here):
         (shutil.copytree if os.path.isdir(there) else shutil.copyfile)(there, here)
-    drivers = {"find_tickets": lottery.run, "transfer": transfer.run,
-               "early_bird": early_bird.run}
+    search = (os.path.join(workdir, job.source),) if job.binary == "stability" else ()
     with _job_clock(os.path.join(path, JOB_TIME)):
-      if job.binary == "stability":
-        stability.run(job.config, path, os.path.join(workdir, job.source))
-      else:
-        drivers[job.binary](job.config, path)
+      DRIVERS[job.binary].run(job.config, path, *search)
     runs.write_json(os.path.join(path, "job_done.json"), runs.config_to_dict(job.config))
   return True
 

@@ -29,13 +29,9 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from lth_jax import early_bird
 from lth_jax import job_queue
-from lth_jax import lottery
 from lth_jax import report
 from lth_jax import runs
-from lth_jax import stability
-from lth_jax import transfer
 
 ACTIVE_S = 180.0   # a job whose clock changed this recently is being trained (it writes each 60 s)
 
@@ -55,9 +51,7 @@ class JobStatus(NamedTuple):
 def planned_outputs(job: job_queue.Job) -> list[str]:
   """The files, relative to the job's directory, each marking one of its trainings finished,
   in run order (the driver's ``planned_outputs``)."""
-  planned = {"find_tickets": lottery.planned_outputs, "transfer": transfer.planned_outputs,
-             "early_bird": early_bird.planned_outputs, "stability": stability.planned_outputs}
-  return planned[job.binary](job.config)
+  return job_queue.DRIVERS[job.binary].planned_outputs(job.config)
 
 
 def _group_in_flight(job_dir: str, pending: Sequence[str], steps: int) -> tuple[str, float]:
@@ -93,15 +87,17 @@ def _group_in_flight(job_dir: str, pending: Sequence[str], steps: int) -> tuple[
   return f"{stage + ' ' if stage else ''}at step {step}", trained
 
 
-def copied(job: job_queue.Job, jobs: dict[str, job_queue.Job]) -> set[str]:
-  """``job``'s planned outputs that its ``reuse`` pairs copy from its source's planned outputs
-  (trained there, not here)."""
+def copied(job: job_queue.Job, jobs: dict[str, job_queue.Job],
+           planned: Sequence[str] | None = None) -> set[str]:
+  """``job``'s planned outputs (``planned``, if the caller has them) that its ``reuse`` pairs
+  copy from its source's planned outputs (trained there, not here)."""
   if not job.reuse:
     return set()
+  planned = planned_outputs(job) if planned is None else planned
   theirs = set(planned_outputs(jobs[job.source]))
   mine = set()
   for there, here in job.reuse:
-    for path in planned_outputs(job):
+    for path in planned:
       rest = os.path.relpath(path, here)
       if not rest.startswith("..") and os.path.normpath(os.path.join(there, rest)) in theirs:
         mine.add(path)
@@ -115,7 +111,7 @@ def job_status(job: job_queue.Job, workdir: str, jobs: dict[str, job_queue.Job],
   path = os.path.join(workdir, job.name)
   planned = planned_outputs(job)
   done = {p for p in planned if os.path.exists(os.path.join(path, p))}
-  copies = copied(job, jobs)
+  copies = copied(job, jobs, planned)
   clock = os.path.join(path, job_queue.JOB_TIME)
   cpu_s = runs.read_json(clock)["cpu_s"] if os.path.exists(clock) else 0.0
   now = time.time() if now is None else now
